@@ -1,0 +1,1 @@
+"""The gRPC scorer: retrieval, ranking runtime, re-ranking, the HNSW index follower."""

@@ -1,0 +1,1 @@
+"""Every wire and state format: protobuf messages, Redis keys and msgpack codecs."""

@@ -1,0 +1,1 @@
+"""The `recsys` command line: one small module per subcommand, all taking the same settings."""

@@ -1,0 +1,1 @@
+"""The embedded default stack: a Kafka-protocol broker and a real redis-server, on localhost."""

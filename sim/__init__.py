@@ -1,0 +1,1 @@
+"""Closed-loop clickstream simulator, load generator and dataset replay."""

@@ -1,0 +1,1 @@
+"""Bytewax dataflows: clickstream -> live state in Redis (sessions, features, co-visitation)."""
