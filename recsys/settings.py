@@ -196,7 +196,8 @@ def _convert(name: str, typ: Any, raw: Any) -> Any:
 def load_settings(
     env: Mapping[str, str] | None = None,
     config_file: str | Path | None = None,
-    **overrides: Any,
+    overrides: Mapping[str, Any] | None = None,
+    **kw: Any,
 ) -> Settings:
     """Build the settings: defaults, then the TOML file, then ``RECSYS_*`` env, then overrides."""
     env = os.environ if env is None else env
@@ -223,7 +224,7 @@ def load_settings(
         if key not in types_:
             raise SettingsError(f"environment variable {var}: unknown setting {key!r}")
         values[key] = _convert(key, types_[key], raw)
-    for key, raw in overrides.items():
+    for key, raw in {**(overrides or {}), **kw}.items():
         if raw is None:
             continue
         if key not in types_:

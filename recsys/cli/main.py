@@ -12,6 +12,7 @@ import logging
 import pkgutil
 import sys
 from types import ModuleType
+from typing import Any
 
 import recsys.cli as cli_pkg
 from recsys.settings import SettingsError, load_settings
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    overrides: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.state_dir:
         overrides["state_dir"] = args.state_dir
     try:
-        settings = load_settings(config_file=args.config, **overrides)
+        settings = load_settings(config_file=args.config, overrides=overrides)
     except SettingsError as exc:
         print(f"recsys: settings error: {exc}", file=sys.stderr)
         return 2
