@@ -1,0 +1,31 @@
+"""Run the feature dataflow (clickstream + catalog -> Redis state, bad input -> dead letters)."""
+
+from __future__ import annotations
+
+import argparse
+
+from recsys.settings import Settings
+from streams.runner import run_stream
+
+NAME = "stream"
+HELP = "run the Bytewax feature dataflow"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None, help="worker threads in this process")
+    p.add_argument("--process-id", type=int, default=None, help="this process's index (cluster)")
+    p.add_argument("--addresses", default=None,
+                   help="cluster: comma-separated host:port of every process, same order everywhere")
+    p.add_argument("--no-tail", action="store_true", help="stop at the end of the topics")
+    p.add_argument("--epoch-s", type=float, default=2.0, help="snapshot interval (recovery)")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    addresses = args.addresses.split(",") if args.addresses else None
+    print(f"feature dataflow: {settings.topic('clickstream')} + {settings.topic('catalog')} "
+          f"-> redis (prefix {settings.redis_prefix!r}); dead letters -> "
+          f"{settings.topic('dead_letter')}; recovery {'on' if settings.stream_recovery else 'off'}",
+          flush=True)
+    run_stream(settings, workers=args.workers, process_id=args.process_id, addresses=addresses,
+               tail=not args.no_tail, epoch_s=args.epoch_s)
+    return 0

@@ -1,0 +1,226 @@
+"""Feature math as pure functions, shared by the dataflow and the offline training-set builder.
+
+Decayed counts use *forward decay* kept in log2 space: a count decayed with half-life h is
+``2 ** (s - (now - L) / h)`` where ``s = log2(sum_i w_i * 2 ** ((t_i - L) / h))`` and L is a
+fixed landmark. Adding an event is a ``logaddexp2``; the stored score never needs rewriting
+as time passes, order of arrival does not matter (late events land correctly), and ranking
+by ``s`` ranks by the decayed count at any common "now".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+LANDMARK_MS = 1_700_000_000_000  # 2023-11-14; any fixed instant works
+DEDUP_WINDOW = 64  # recent event ids remembered per user for idempotency
+
+
+def decay_exponent(ts_ms: int, half_life_s: float) -> float:
+    return (ts_ms - LANDMARK_MS) / 1000.0 / half_life_s
+
+
+def decay_add(log_score: float | None, ts_ms: int, half_life_s: float, weight: float = 1.0) -> float:
+    """Add one weighted event at ``ts_ms`` to a forward-decayed log2 score."""
+    x = decay_exponent(ts_ms, half_life_s) + math.log2(weight)
+    if log_score is None:
+        return x
+    hi, lo = (log_score, x) if log_score >= x else (x, log_score)
+    return hi + math.log2(1.0 + 2.0 ** (lo - hi))
+
+
+def decayed_value(log_score: float | None, now_ms: int, half_life_s: float) -> float:
+    """The decayed count at ``now_ms`` of a log2 forward-decayed score."""
+    if log_score is None:
+        return 0.0
+    return float(2.0 ** (log_score - decay_exponent(now_ms, half_life_s)))
+
+
+# ----------------------------------------------------------------------------------------
+# sessions
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """One user's live session. ``last_viewed`` is most-recent-first, at most N items."""
+
+    session_id: str
+    start_ms: int
+    last_ms: int
+    last_viewed: tuple[str, ...] = ()
+    sequence: tuple[tuple[str, int], ...] = ()  # (item, ts) in event-time order, bounded
+    counts: tuple[tuple[str, int], ...] = ()  # event type -> count in this session
+    recent_ids: tuple[str, ...] = ()  # for de-duplication
+    version: int = 0  # bumps on every applied event (the scorer's cache checks it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sid": self.session_id,
+            "start": self.start_ms,
+            "last": self.last_ms,
+            "items": list(self.last_viewed),
+            "seq": [list(p) for p in self.sequence],
+            "counts": dict(self.counts),
+            "ver": self.version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdate:
+    state: SessionState
+    duplicate: bool
+    pairs: tuple[tuple[str, str, float], ...] = field(default=())  # co-visitation (a, b, w)
+
+
+def _count_inc(counts: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int], ...]:
+    d = dict(counts)
+    d[key] = d.get(key, 0) + 1
+    return tuple(sorted(d.items()))
+
+
+def update_session(
+    state: SessionState | None,
+    *,
+    event_id: str,
+    user_id: str,
+    ts_ms: int,
+    etype: str,
+    item_id: str,
+    gap_s: float,
+    last_n: int,
+    max_seq: int = 50,
+    covisit_window: int = 3,
+) -> SessionUpdate:
+    """Apply one event to a user's session. Pure: the same inputs give the same session.
+
+    A gap of more than ``gap_s`` since the session's last event starts a new session whose
+    id is derived from the user and its start time (deterministic, replay-safe).
+    Views and clicks extend the sequence; each new item pairs with up to ``covisit_window``
+    previous distinct items, weighted 1/distance.
+    """
+    if state is not None and event_id in state.recent_ids:
+        return SessionUpdate(state, duplicate=True)
+    if state is None or ts_ms - state.last_ms > gap_s * 1000:
+        state = SessionState(session_id=f"{user_id}:{ts_ms}", start_ms=ts_ms, last_ms=ts_ms,
+                             recent_ids=state.recent_ids if state else (),
+                             version=state.version if state else 0)
+    recent = (*state.recent_ids, event_id)[-DEDUP_WINDOW:]
+    counts = _count_inc(state.counts, etype)
+    last_ms = max(state.last_ms, ts_ms)
+    start_ms = min(state.start_ms, ts_ms)
+    if etype not in ("view", "click") or not item_id:
+        new = replace(state, last_ms=last_ms, start_ms=start_ms, counts=counts,
+                      recent_ids=recent, version=state.version + 1)
+        return SessionUpdate(new, duplicate=False)
+    seq = sorted((*state.sequence, (item_id, ts_ms)), key=lambda p: p[1])[-max_seq:]
+    pos = next(i for i in range(len(seq) - 1, -1, -1) if seq[i] == (item_id, ts_ms))
+    pairs: list[tuple[str, str, float]] = []
+    seen: set[str] = {item_id}
+    dist = 0
+    for other, _ts in reversed(seq[:pos]):
+        if other in seen:
+            continue
+        seen.add(other)
+        dist += 1
+        if dist > covisit_window:
+            break
+        pairs.append((other, item_id, 1.0 / dist))
+        pairs.append((item_id, other, 1.0 / dist))
+    last_viewed: list[str] = []
+    for other, _ts in reversed(seq):
+        if other not in last_viewed:
+            last_viewed.append(other)
+        if len(last_viewed) == last_n:
+            break
+    new = SessionState(
+        session_id=state.session_id, start_ms=start_ms, last_ms=last_ms,
+        last_viewed=tuple(last_viewed), sequence=tuple(seq), counts=counts,
+        recent_ids=recent, version=state.version + 1,
+    )
+    return SessionUpdate(new, duplicate=False, pairs=tuple(pairs))
+
+
+# ----------------------------------------------------------------------------------------
+# item statistics
+
+EVENT_FIELDS = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases",
+                "impression": "impressions"}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemStats:
+    """Forward-decayed log2 counts per event type (None = never seen) and totals."""
+
+    impressions: float | None = None
+    views: float | None = None
+    clicks: float | None = None
+    carts: float | None = None
+    purchases: float | None = None
+    n_events: int = 0
+    last_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "imp": self.impressions, "views": self.views, "clicks": self.clicks,
+            "carts": self.carts, "purch": self.purchases, "n": self.n_events,
+            "last": self.last_ms,
+        }
+
+
+def update_item(stats: ItemStats | None, etype: str, ts_ms: int, half_life_s: float,
+                quantity: int = 1) -> ItemStats:
+    stats = stats or ItemStats()
+    name = EVENT_FIELDS.get(etype)
+    if name is None:
+        return stats
+    weight = float(max(quantity, 1)) if etype == "purchase" else 1.0
+    new_score = decay_add(getattr(stats, name), ts_ms, half_life_s, weight)
+    return replace(stats, **{name: new_score}, n_events=stats.n_events + 1,
+                   last_ms=max(stats.last_ms, ts_ms))
+
+
+def smoothed_rate(successes: float, trials: float, prior_rate: float, prior_strength: float) -> float:
+    """Bayesian (Beta prior) smoothed rate: a new item is neither 0 nor 1."""
+    return (successes + prior_rate * prior_strength) / (trials + prior_strength)
+
+
+# ----------------------------------------------------------------------------------------
+# co-visitation
+
+
+def update_covisit(
+    related: dict[str, float] | None,
+    other: str,
+    ts_ms: int,
+    weight: float,
+    half_life_s: float,
+    max_items: int,
+) -> dict[str, float]:
+    """Add a weighted co-visit to an item's related-items map (log2 forward-decayed scores),
+    keeping at most ``max_items`` (pruned in bulk at 2x to amortise, deterministic)."""
+    out = dict(related or {})
+    out[other] = decay_add(out.get(other), ts_ms, half_life_s, weight)
+    if len(out) > 2 * max_items:
+        out = dict(top_items(out, max_items))
+    return out
+
+
+def top_items(scores: dict[str, float], n: int) -> list[tuple[str, float]]:
+    """Top ``n`` by score, ties broken by id (deterministic)."""
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def replay_sessions(events: Iterable[dict[str, Any]], gap_s: float, last_n: int,
+                    covisit_window: int = 3) -> dict[str, SessionState]:
+    """Offline builder: the same session math over an event log (training-set builder)."""
+    states: dict[str, SessionState] = {}
+    for e in sorted(events, key=lambda e: (e["ts_ms"], e["event_id"])):
+        upd = update_session(
+            states.get(e["user_id"]), event_id=e["event_id"], user_id=e["user_id"],
+            ts_ms=e["ts_ms"], etype=e["type"], item_id=e.get("item_id", ""), gap_s=gap_s,
+            last_n=last_n, covisit_window=covisit_window,
+        )
+        states[e["user_id"]] = upd.state
+    return states

@@ -1,0 +1,66 @@
+"""Run a dataflow in this process (optionally one process of a Bytewax cluster).
+
+Starts the Prometheus endpoint and the lag monitor, initialises the recovery store when
+recovery is on, then hands over to Bytewax. Ctrl-C / SIGINT stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+from prometheus_client import start_http_server
+
+from recsys.settings import Settings
+from streams import metrics
+from streams.features_flow import build_flow
+
+log = logging.getLogger(__name__)
+RECOVERY_PARTITIONS = 4
+
+
+def recovery_dir(settings: Settings, flow_id: str) -> Path:
+    return Path(settings.state_dir) / "recovery" / f"{settings.topic_prefix}{flow_id}"
+
+
+def ensure_recovery(db_dir: Path, partitions: int = RECOVERY_PARTITIONS) -> RecoveryConfig:
+    if not any(db_dir.glob("part-*.sqlite3")):
+        db_dir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(db_dir, partitions)
+    return RecoveryConfig(db_dir)
+
+
+def run_stream(
+    settings: Settings,
+    *,
+    flow_id: str = "features",
+    workers: int | None = None,
+    process_id: int | None = None,
+    addresses: list[str] | None = None,
+    tail: bool = True,
+    epoch_s: float = 2.0,
+    metrics_port: int | None = None,
+) -> None:
+    flow = build_flow(settings, flow_id=flow_id, tail=tail)
+    port = settings.stream_metrics_port if metrics_port is None else metrics_port
+    if port:
+        offset = process_id or 0
+        start_http_server(port + offset, addr="127.0.0.1")
+        log.info("dataflow metrics on http://127.0.0.1:%d/metrics", port + offset)
+    monitor = metrics.LagMonitor(settings, [settings.topic("clickstream"), settings.topic("catalog")])
+    monitor.start()
+    recovery = ensure_recovery(recovery_dir(settings, flow_id)) if settings.stream_recovery else None
+    try:
+        cli_main(
+            flow,
+            workers_per_process=workers or settings.stream_workers,
+            process_id=process_id,
+            addresses=addresses,
+            epoch_interval=timedelta(seconds=epoch_s),
+            recovery_config=recovery,
+        )
+    finally:
+        monitor.stop()
