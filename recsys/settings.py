@@ -88,6 +88,8 @@ class Settings:
     redis_timeout_ms: float = 50.0
     top_sellers_refresh_s: float = 5.0
     surfaces: tuple[str, ...] = ("home", "pdp", "cart")
+    ab_experiment: str = "default"
+    ab_arms: tuple[str, ...] = ("model",)  # users are hashed into these; policies: model, popular, random
     # --- simulator ------------------------------------------------------------------------
     sim_seed: int = 7
     sim_users: int = 2000
@@ -246,6 +248,9 @@ def _validate(s: Settings) -> None:
         raise SettingsError("session_gap_s and popularity_half_life_s must be > 0")
     if not s.surfaces:
         raise SettingsError("surfaces must not be empty")
+    unknown_arms = set(s.ab_arms) - {"model", "popular", "random"}
+    if not s.ab_arms or unknown_arms:
+        raise SettingsError(f"ab_arms must be a non-empty list of model/popular/random, got {s.ab_arms}")
 
 
 # ----------------------------------------------------------------------------------------

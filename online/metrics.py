@@ -1,0 +1,21 @@
+"""Prometheus metrics of the scorer."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LAT = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
+
+REQUESTS = Counter("recsys_serve_requests_total", "Recommend calls", ["arm", "outcome"])
+LATENCY = Histogram("recsys_serve_latency_seconds", "Recommend latency", buckets=_LAT)
+STAGE_LATENCY = Histogram("recsys_serve_stage_seconds", "per-stage latency", ["stage"], buckets=_LAT)
+FALLBACKS = Counter("recsys_serve_fallbacks_total", "answers from the fallback list", ["reason"])
+CACHE = Counter("recsys_serve_cache_total", "result cache lookups", ["result"])
+CANDIDATES = Histogram("recsys_serve_candidates", "candidates per source", ["source"],
+                       buckets=(0, 1, 5, 10, 25, 50, 100, 200, 500, 1000))
+PREDICTED = Gauge("recsys_serve_mean_prediction", "mean predicted probability of served items",
+                  ["head"])
+IMPRESSIONS_DROPPED = Counter("recsys_serve_impressions_dropped_total",
+                              "impressions not logged (Kafka queue full or down)")
+FALLBACK_SIZE = Gauge("recsys_serve_fallback_items", "items in the in-memory fallback list")
+CATALOG_SIZE = Gauge("recsys_serve_catalog_items", "catalog rows held in memory")
