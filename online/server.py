@@ -61,7 +61,7 @@ class Refresher(threading.Thread):
             refresh = getattr(self.store, "refresh_catalog", None)
             if refresh is not None:
                 metrics.CATALOG_SIZE.set(refresh())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a dependency outage must not kill the server
             log.warning("state refresh failed (serving from last known state): %s", exc)
 
     def run(self) -> None:

@@ -92,7 +92,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         degraded, reason = False, ""
         try:
             ranked = self._recommend(request, k, arm, t0)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure degrades, never errors
             degraded, reason = True, f"{type(exc).__name__}: {exc}"[:200]
             metrics.FALLBACKS.labels(type(exc).__name__).inc()
             ranked = self._fallback(k, set(request.exclude_item_ids))

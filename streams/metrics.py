@@ -64,7 +64,7 @@ class LagMonitor(threading.Thread):
             while not self._stop_evt.wait(self.interval_s):
                 try:
                     self.poll_once(client)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - monitoring must never kill the flow
                     log.warning("lag monitor: %s", exc)
         finally:
             client.close()

@@ -1,0 +1,195 @@
+"""Run the whole product on the embedded stack: broker, redis, dataflow, scorer and the
+closed-loop simulator, supervised, with a live status line and a JSON report.
+
+Ctrl-C (or --duration) shuts everything down cleanly, simulator first, broker last. A crashed
+dataflow, scorer or simulator is restarted (up to 3 times); broker or redis dying is fatal.
+Set RECSYS_KAFKA_BOOTSTRAP / RECSYS_REDIS_URL to use real Kafka / Redis instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recsys import supervisor as sv
+from recsys.settings import BROKER_FILE, REDIS_FILE, Settings
+
+NAME = "up"
+HELP = "run everything (embedded broker + redis, dataflow, scorer, simulator)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0 = Ctrl-C)")
+    p.add_argument("--report", type=Path, default=None, help="write a JSON report here at the end")
+    p.add_argument("--rate", type=float, default=None, help="simulated shoppers per second")
+
+
+def _global_args(settings: Settings, args: argparse.Namespace) -> list[str]:
+    g = ["--state-dir", str(settings.state_dir)]
+    if args.config:
+        g += ["--config", args.config]
+    for item in args.set:
+        g += ["--set", item]
+    return g
+
+
+def _healthy(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+class Status:
+    """Scrapes the children's metrics once a second and keeps what the report needs."""
+
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self.prev: dict[str, sv.Samples] = {"stream": {}, "serve": {}, "sim": {}}
+        self.cur: dict[str, sv.Samples] = dict(self.prev)
+        self.max_lag = 0.0
+        self.t_prev = time.monotonic()
+
+    def poll(self) -> str:
+        ports = {"stream": self.s.stream_metrics_port, "serve": self.s.serve_metrics_port,
+                 "sim": self.s.sim_metrics_port}
+        self.prev = self.cur
+        self.cur = {name: sv.scrape(port) or self.prev[name] for name, port in ports.items()}
+        now = time.monotonic()
+        dt, self.t_prev = max(now - self.t_prev, 1e-6), now
+        lag = sv.total(self.cur["stream"], "recsys_stream_consumer_lag")
+        self.max_lag = max(self.max_lag, lag)
+
+        def rate(src: str, name: str) -> float:
+            return (sv.total(self.cur[src], name) - sv.total(self.prev[src], name)) / dt
+
+        p99 = sv.histogram_quantile(0.99, self.cur["serve"], self.prev["serve"],
+                                    "recsys_serve_latency_seconds")
+        shown = sv.total(self.cur["sim"], "recsys_sim_impressions_total")
+        ctr = sv.total(self.cur["sim"], "recsys_sim_clicks_total") / shown if shown else 0.0
+        return (f"events/s {rate('sim', 'recsys_sim_events_total'):6.0f} | "
+                f"lag {lag:5.0f} | RPS {rate('serve', 'recsys_serve_requests_total'):5.1f} | "
+                f"p99 {(p99 or 0) * 1000:6.1f} ms | CTR {ctr:.3f}")
+
+    def totals(self) -> dict[str, float]:
+        served = sv.total(self.cur["serve"], "recsys_serve_requests_total")
+        degraded = sv.total(self.cur["serve"], "recsys_serve_requests_total", outcome="degraded")
+        return {
+            "events_processed": sv.total(self.cur["stream"], "recsys_stream_events_in_total",
+                                         topic=self.s.topic("clickstream")),
+            "recommendations_served": served,
+            "fallback_rate": degraded / served if served else 0.0,
+            "dead_letters": sv.total(self.cur["stream"], "recsys_stream_dead_letters_total"),
+        }
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    t_start = time.monotonic()
+    state = Path(settings.state_dir)
+    logs = state / "logs"
+    g = _global_args(settings, args)
+    embedded_kafka, embedded_redis = not settings.kafka_bootstrap, not settings.redis_url
+    for stale in (BROKER_FILE, REDIS_FILE):
+        (state / stale).unlink(missing_ok=True)
+    if embedded_kafka:  # a fresh in-memory broker: old stream offsets would be meaningless
+        shutil.rmtree(state / "recovery", ignore_errors=True)
+    children: list[sv.Child] = []
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def start(name: str, *sub: str, restartable: bool = True) -> sv.Child:
+        child = sv.Child(name, sv.recsys_argv(g, *sub), logs / f"{name}.log", restartable)
+        child.start()
+        children.append(child)
+        return child
+
+    report: dict[str, Any] = {}
+    status = Status(settings)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    try:
+        if embedded_kafka:
+            b = start("broker", "broker", restartable=False)
+            sv.wait_until(lambda: (state / BROKER_FILE).exists(), 30, "the embedded broker", b)
+            print(f"[up] {b.tail(2)}", flush=True)
+        if embedded_redis:
+            r = start("redis", "redis", restartable=False)
+            sv.wait_until(lambda: (state / REDIS_FILE).exists(), 30, "redis-server", r)
+            print(f"[up] {r.tail(1)}", flush=True)
+        stream = start("stream", "stream")
+        scorer = start("serve", "serve")
+        sv.wait_until(lambda: _healthy(address), 60, f"the scorer on {address}", scorer)
+        print(f"[up] scorer SERVING on {address}; dataflow running (logs in {logs})", flush=True)
+        sim_s = max(args.duration - (time.monotonic() - t_start), 5.0) if args.duration else 0
+        sim_argv = ["sim", "--quiet", "--duration", f"{sim_s:.1f}",
+                    "--report", str(state / "sim-report.json")]
+        if args.rate:
+            sim_argv += ["--rate", str(args.rate)]
+        sim = start("sim", *sim_argv)
+        print("[up] simulator started; Ctrl-C stops everything", flush=True)
+        while not stop.wait(1.0):
+            sys.stdout.write(f"\r[up {time.monotonic() - t_start:5.0f}s] {status.poll()}   ")
+            sys.stdout.flush()
+            if sim.proc is not None and sim.proc.poll() == 0:
+                break  # the simulator finished its duration
+            for child in children:
+                if child.alive():
+                    continue
+                if not child.restartable or child.restarts >= child.max_restarts:
+                    raise RuntimeError(f"{child.name} died (exit {child.proc and child.proc.returncode}):"
+                                       f"\n{child.tail()}")
+                child.restarts += 1
+                print(f"\n[up] {child.name} exited; restarting ({child.restarts})", flush=True)
+                child.start()
+        print(flush=True)
+        sim.stop()
+        for _ in range(20):  # let the dataflow drain what the simulator produced
+            status.poll()
+            if sv.total(status.cur["stream"], "recsys_stream_consumer_lag") == 0:
+                break
+            time.sleep(0.5)
+        report = _report(state, status, stream)
+        print(f"[up] {json.dumps(report)}", flush=True)
+        if args.report:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(json.dumps(report, indent=2))
+            print(f"[up] report written to {args.report}", flush=True)
+        return 0
+    except RuntimeError as exc:
+        print(f"\n[up] error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+        print("[up] all processes stopped", flush=True)
+
+
+def _report(state: Path, status: Status, stream: sv.Child) -> dict[str, Any]:
+    try:
+        sim = json.loads((state / "sim-report.json").read_text())
+    except (OSError, ValueError):
+        sim = {}
+    return {
+        "events_produced": sim.get("events", 0),
+        **status.totals(),
+        "rpc_errors": sim.get("rpc_errors", 0),
+        "rpc_p50_ms": sim.get("rpc_p50_ms", 0.0),
+        "rpc_p99_ms": sim.get("rpc_p99_ms", 0.0),
+        "ctr": sim.get("ctr", 0.0),
+        "max_stream_lag": status.max_lag,
+        "sim_requests": sim.get("requests", 0),
+        "arms": sim.get("arms", {}),
+        "stream_restarts": stream.restarts,
+    }
