@@ -196,13 +196,14 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
     cfg = FlowConfig.from_settings(settings)
     brokers = [resolve_kafka_bootstrap(settings)]
     kafka_conf = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
+    source_conf = {**kafka_conf, "fetch.wait.max.ms": settings.stream_fetch_wait_ms}
     redis_sink = RedisSink(resolve_redis_url(settings))
     dlq_sink = KafkaSink(brokers, settings.topic("dead_letter"), add_config=kafka_conf)
 
     flow = Dataflow(flow_id)
     # clickstream: KafkaSourceMessage | KafkaError
     raw = op.input("clickstream_in", flow, KafkaSource(
-        brokers, [settings.topic("clickstream")], tail=tail, add_config=kafka_conf,
+        brokers, [settings.topic("clickstream")], tail=tail, add_config=source_conf,
         batch_size=settings.stream_batch_size, raise_on_errors=False))
     parsed = op.map("decode_validate", raw, lambda m: decode_clickstream(cfg, m))  # Ev | Rejected
     split = op.branch("split_ok_err", parsed, is_ev)
@@ -225,7 +226,7 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
         "covisit", by_src, lambda s, p: covisit(cfg, s, p)))
     # catalog: KafkaSourceMessage -> Write | Rejected
     cat_raw = op.input("catalog_in", flow, KafkaSource(
-        brokers, [settings.topic("catalog")], tail=tail, add_config=kafka_conf,
+        brokers, [settings.topic("catalog")], tail=tail, add_config=source_conf,
         batch_size=settings.stream_batch_size, raise_on_errors=False))
     cat = op.branch("split_catalog", op.map("decode_catalog", cat_raw,
                                              lambda m: decode_catalog(cfg, m)),

@@ -87,3 +87,18 @@ def settings(broker: dict, redis_server: RedisServer, stack_dir: Path) -> Settin
 @pytest.fixture()
 def redis_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url)
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The environment that gives a subprocess exactly these settings (RECSYS_* variables)."""
+    import dataclasses
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    for f in dataclasses.fields(s):
+        value = getattr(s, f.name)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif hasattr(value, "get") and not isinstance(value, dict):
+            value = value.get()
+        env[f"RECSYS_{f.name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,62 @@
+"""The one settings object: strict, layered (defaults < file < env < overrides), secrets hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys.settings import Secret, SettingsError, load_settings, resolve_kafka_bootstrap
+
+
+def test_env_overrides_file_and_defaults(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('grpc_port = 6000\nk_default = 10\nsurfaces = ["home", "pdp"]\n')
+    s = load_settings(env={"RECSYS_GRPC_PORT": "7000", "RECSYS_STREAM_RECOVERY": "false"},
+                      config_file=cfg)
+    assert s.grpc_port == 7000  # env beats file
+    assert s.k_default == 10  # file beats default
+    assert s.surfaces == ("home", "pdp")
+    assert s.stream_recovery is False
+
+
+def test_unknown_keys_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="RECSYS_GRCP_PORT"):
+        load_settings(env={"RECSYS_GRCP_PORT": "1"})
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("grpc_prot = 1\n")
+    with pytest.raises(SettingsError, match="grpc_prot"):
+        load_settings(env={}, config_file=cfg)
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"RECSYS_GRPC_PORT": "abc"}, "grpc_port"),
+    ({"RECSYS_STREAM_RECOVERY": "maybe"}, "not a boolean"),
+    ({"RECSYS_K_DEFAULT": "500"}, "k_default"),
+    ({"RECSYS_AB_ARMS": "model,bogus"}, "ab_arms"),
+])
+def test_bad_values_are_clear_errors(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(env=env)
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(env={})
+    with pytest.raises(AttributeError):
+        s.grpc_port = 1  # type: ignore[misc]
+
+
+def test_secrets_never_printed() -> None:
+    s = load_settings(env={"RECSYS_REDIS_PASSWORD": "hunter2", "RECSYS_KAFKA_SASL_PASSWORD": "pw"})
+    assert isinstance(s.redis_password, Secret) and s.redis_password.get() == "hunter2"
+    shown = repr(s) + str(s.redacted())
+    assert "hunter2" not in shown and "'pw'" not in shown
+
+
+def test_embedded_address_discovery(tmp_path: Path) -> None:
+    s = load_settings(env={}, state_dir=str(tmp_path))
+    with pytest.raises(SettingsError, match="recsys broker"):
+        resolve_kafka_bootstrap(s)
+    (tmp_path / "broker.json").write_text('{"bootstrap": "127.0.0.1:1234"}')
+    assert resolve_kafka_bootstrap(s) == "127.0.0.1:1234"
+    assert resolve_kafka_bootstrap(s.replace(kafka_bootstrap="kafka:9092")) == "kafka:9092"
