@@ -75,6 +75,13 @@ class Settings:
     popularity_half_life_s: float = 7 * 24 * 3600.0
     covisit_max_per_item: int = 50
     covisit_window: int = 3  # co-visitation pairs within this distance in a session
+    trend_half_life_s: float = 3600.0  # trending items per category: short horizon
+    user_pref_half_life_s: float = 7 * 24 * 3600.0
+    user_pref_horizon_s: float = 30 * 24 * 3600.0
+    allowed_lateness_s: float = 3600.0  # older than a user's latest event by more: dead letter
+    ctr_prior: float = 0.02  # Bayesian smoothing of item CTR / CVR
+    cvr_prior: float = 0.05
+    rate_prior_strength: float = 20.0
     max_event_skew_s: float = 3 * 24 * 3600.0  # events further in the future are invalid
     # --- scorer ---------------------------------------------------------------------------
     grpc_host: str = "127.0.0.1"

@@ -143,50 +143,6 @@ def update_session(
 
 
 # ----------------------------------------------------------------------------------------
-# item statistics
-
-EVENT_FIELDS = {"view": "views", "click": "clicks", "add_to_cart": "carts", "purchase": "purchases",
-                "impression": "impressions"}
-
-
-@dataclass(frozen=True, slots=True)
-class ItemStats:
-    """Forward-decayed log2 counts per event type (None = never seen) and totals."""
-
-    impressions: float | None = None
-    views: float | None = None
-    clicks: float | None = None
-    carts: float | None = None
-    purchases: float | None = None
-    n_events: int = 0
-    last_ms: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "imp": self.impressions, "views": self.views, "clicks": self.clicks,
-            "carts": self.carts, "purch": self.purchases, "n": self.n_events,
-            "last": self.last_ms,
-        }
-
-
-def update_item(stats: ItemStats | None, etype: str, ts_ms: int, half_life_s: float,
-                quantity: int = 1) -> ItemStats:
-    stats = stats or ItemStats()
-    name = EVENT_FIELDS.get(etype)
-    if name is None:
-        return stats
-    weight = float(max(quantity, 1)) if etype == "purchase" else 1.0
-    new_score = decay_add(getattr(stats, name), ts_ms, half_life_s, weight)
-    return replace(stats, **{name: new_score}, n_events=stats.n_events + 1,
-                   last_ms=max(stats.last_ms, ts_ms))
-
-
-def smoothed_rate(successes: float, trials: float, prior_rate: float, prior_strength: float) -> float:
-    """Bayesian (Beta prior) smoothed rate: a new item is neither 0 nor 1."""
-    return (successes + prior_rate * prior_strength) / (trials + prior_strength)
-
-
-# ----------------------------------------------------------------------------------------
 # co-visitation
 
 

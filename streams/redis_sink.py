@@ -17,7 +17,7 @@ from streams import metrics
 
 
 class Write(NamedTuple):
-    op: str  # "set" | "zadd" | "zreplace" | "sadd"
+    op: str  # "set" | "zadd" | "zreplace" | "sadd" | "zrem"
     key: str
     value: Any
     ingest_ms: int = 0  # Kafka timestamp of the event that caused it (freshness)
@@ -37,15 +37,20 @@ def apply_writes(client: redis.Redis, writes: list[Write], ttl_s: int | None = N
     for w in last.values():
         if w.op == "set":
             pipe.set(w.key, w.value, ex=ttl_s)
-        else:
+        else:  # replace a ZSET; a lazy value (``mapping()``) is computed once, here
+            mapping = w.value.mapping() if hasattr(w.value, "mapping") else w.value
             pipe.delete(w.key)
-            if w.value:
-                pipe.zadd(w.key, w.value)
+            if mapping:
+                pipe.zadd(w.key, mapping)
     for w in adds:
         if w.op == "zadd":
             pipe.zadd(w.key, w.value)
         elif w.op == "sadd":
             pipe.sadd(w.key, w.value)
+        elif w.op == "zrem":
+            pipe.zrem(w.key, w.value)
+        else:
+            raise ValueError(f"unknown state write op {w.op!r}")
     pipe.execute()
     return len(last) + len(adds)
 

@@ -1,0 +1,232 @@
+"""The feature dataflow's step functions: pure ``(state, input) -> (state, outputs)``.
+
+The dataflow (``streams.features_flow``) wires them; the offline builder
+(``streams.offline``) runs the very same functions over an event log, so online and offline
+features cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proto import codecs
+from proto.keys import Keys
+from recsys.settings import Settings
+from streams import features as F
+from streams import item_features as IF
+from streams import metrics
+from streams import user_features as UF
+from streams.events import Ev, Rejected
+from streams.redis_sink import Write
+
+# --- records flowing between steps -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """An accepted (de-duplicated) event as seen by one item."""
+
+    item_id: str
+    user_id: str  # "" for impressions logged by the scorer
+    etype: str
+    ts_ms: int
+    quantity: int
+    price: float
+    ingest_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogRow:
+    item_id: str
+    title: str
+    category: str
+    brand: str
+    price: float
+    rating: float
+    active: bool
+    updated_ms: int
+    ingest_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserTouch:
+    """An event enriched with its item's catalog fields, on its way to the user's features."""
+
+    user_id: str
+    etype: str
+    ts_ms: int
+    category: str
+    price: float
+    ingest_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRow:
+    user_id: str
+    country: str
+    age_bucket: str
+    signup_ms: int
+    updated_ms: int
+    ingest_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A co-visitation: ``src`` was seen near ``dst`` in a session."""
+
+    src: str
+    dst: str
+    weight: float
+    ts_ms: int
+    ingest_ms: int
+
+
+Out = Write | Touch | Pair | Rejected | UserTouch
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    keys: Keys
+    gap_s: float
+    last_n: int
+    covisit_half_life_s: float
+    covisit_max: int
+    covisit_window: int
+    lateness_ms: int
+    item: IF.ItemParams
+    user: UF.UserParams
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> StepConfig:
+        return cls(
+            keys=Keys(s.redis_prefix), gap_s=s.session_gap_s, last_n=s.last_n_viewed,
+            covisit_half_life_s=s.popularity_half_life_s, covisit_max=s.covisit_max_per_item,
+            covisit_window=s.covisit_window, lateness_ms=int(s.allowed_lateness_s * 1000),
+            item=IF.ItemParams(s.popularity_half_life_s, s.trend_half_life_s, s.ctr_prior,
+                               s.cvr_prior, s.rate_prior_strength),
+            user=UF.UserParams(s.user_pref_half_life_s, s.user_pref_horizon_s),
+        )
+
+
+# --- keyed by user: sessions, de-duplication, lateness ----------------------------------
+
+
+def sessionize(cfg: StepConfig, state: F.SessionState | None, ev: Ev
+               ) -> tuple[F.SessionState | None, list[Out]]:
+    if state is not None and ev.ts_ms < state.last_ms - cfg.lateness_ms:
+        late_by = (state.last_ms - ev.ts_ms) / 1000
+        return state, [Rejected(f"late event: {late_by:.0f}s older than the user's latest event "
+                                f"(allowed lateness {cfg.lateness_ms / 1000:.0f}s)",
+                                b"", ev.event_id, ev.partition, ev.offset, stage="sessionize")]
+    upd = F.update_session(
+        state, event_id=ev.event_id, user_id=ev.user_id, ts_ms=ev.ts_ms, etype=ev.type,
+        item_id=ev.item_id, gap_s=cfg.gap_s, last_n=cfg.last_n, covisit_window=cfg.covisit_window,
+    )
+    if upd.duplicate:
+        metrics.DUPLICATES.inc()
+        return upd.state, []
+    out: list[Out] = [Write("set", cfg.keys.session(ev.user_id), codecs.encode(upd.state.to_dict()),
+                            ev.ingest_ms, "session")]
+    if ev.type == "purchase":
+        out.append(Write("sadd", cfg.keys.user_purchased(ev.user_id), ev.item_id, ev.ingest_ms,
+                         "purchased"))
+    if ev.item_id:
+        out.append(Touch(ev.item_id, ev.user_id, ev.type, ev.ts_ms, ev.quantity, ev.price,
+                         ev.ingest_ms))
+    out.extend(Pair(a, b, w, ev.ts_ms, ev.ingest_ms) for a, b, w in upd.pairs)
+    return upd.state, out
+
+
+# --- keyed by item: catalog join, counts, rates, popularity, trending --------------------
+
+
+def _zsets(cfg: StepConfig, item_id: str, st: IF.ItemState, ingest_ms: int) -> list[Write]:
+    k = cfg.keys
+    if not st.active:
+        return [Write("zrem", zkey, item_id, ingest_ms, "inactive")
+                for zkey in (k.popular(), k.top_sellers(), k.trending(st.category))]
+    out = []
+    if st.views is not None:
+        out.append(Write("zadd", k.popular(), {item_id: st.views}, ingest_ms, "popular"))
+    if st.purchases is not None:
+        out.append(Write("zadd", k.top_sellers(), {item_id: st.purchases}, ingest_ms, "top_sellers"))
+    if st.trend is not None and st.category:
+        out.append(Write("zadd", k.trending(st.category), {item_id: st.trend}, ingest_ms, "trending"))
+    return out
+
+
+def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
+              ) -> tuple[IF.ItemState, list[Write | UserTouch]]:
+    k = cfg.keys
+    if isinstance(x, CatalogRow):
+        old_cat = st.category if st else ""
+        new = IF.apply_catalog(st, category=x.category, brand=x.brand, price=x.price,
+                               active=x.active, updated_ms=x.updated_ms)
+        if new is st:  # an older row than the one applied
+            return new, []
+        row = codecs.encode({"title": x.title, "category": x.category, "brand": x.brand,
+                             "price": x.price, "rating": x.rating, "active": x.active,
+                             "updated": x.updated_ms})
+        out: list[Write | UserTouch] = [Write("set", k.item_catalog(x.item_id), row, x.ingest_ms,
+                                              "catalog")]
+        if old_cat and old_cat != x.category:
+            out.append(Write("zrem", k.trending(old_cat), x.item_id, x.ingest_ms, "trending"))
+        out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms))
+        return new, out
+    new = IF.apply_event(st, x.etype, x.ts_ms, cfg.item, x.quantity)
+    out = [Write("set", k.item_features(x.item_id), codecs.encode(new.to_dict(cfg.item)),
+                 x.ingest_ms, "item_stats")]
+    if x.etype in ("view", "purchase", "click"):
+        out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms))
+    if x.user_id:
+        price = x.price if x.price > 0 else new.price
+        out.append(UserTouch(x.user_id, x.etype, x.ts_ms, new.category, price, x.ingest_ms))
+    return new, out
+
+
+# --- keyed by user: features (enriched events + profile rows) ----------------------------
+
+
+def user_step(cfg: StepConfig, st: UF.UserFeatures | None, x: UserTouch | ProfileRow
+              ) -> tuple[UF.UserFeatures, list[Write]]:
+    if isinstance(x, ProfileRow):
+        new = UF.apply_profile(st, country=x.country, age_bucket=x.age_bucket,
+                               signup_ms=x.signup_ms, updated_ms=x.updated_ms)
+    else:
+        new = UF.apply_event(st, etype=x.etype, ts_ms=x.ts_ms, category=x.category, price=x.price,
+                             p=cfg.user)
+    if new is st:
+        return new, []
+    return new, [Write("set", cfg.keys.user_features(x.user_id), codecs.encode(new.to_dict(cfg.user)),
+                       x.ingest_ms, "user_features")]
+
+
+# --- keyed by source item: co-visitation -------------------------------------------------
+
+
+def covisit_step(cfg: StepConfig, state: dict[str, float] | None, p: Pair
+                 ) -> tuple[dict[str, float], list[Write]]:
+    new = F.update_covisit(state, p.dst, p.ts_ms, p.weight, cfg.covisit_half_life_s, cfg.covisit_max)
+    return new, [Write("zreplace", cfg.keys.covisit(p.src), TopN(new, cfg.covisit_max), p.ingest_ms,
+                       "covisit")]
+
+
+class TopN:
+    """A lazily computed top-N of a score map: the sink computes it only for the last write
+    to a key in a batch, so hot items do not sort their neighbours on every event."""
+
+    __slots__ = ("n", "scores")
+
+    def __init__(self, scores: dict[str, float], n: int) -> None:
+        self.scores, self.n = scores, n
+
+    def mapping(self) -> dict[str, float]:
+        return dict(F.top_items(self.scores, self.n))
+
+    def __bool__(self) -> bool:
+        return bool(self.scores)
+
+
+def value_of(w: Write) -> Any:
+    return w.value.mapping() if isinstance(w.value, TopN) else w.value

@@ -1,0 +1,96 @@
+"""User features as pure functions: decayed category preferences, price sensitivity, counts.
+
+Category preference: per category a forward-decayed log2 weight (view 1, click 2, cart 3,
+purchase 5) with a half-life (7 days default); categories whose weight has decayed below
+``min_weight`` over the horizon are pruned. Price sensitivity: mean and spread of purchase
+prices (Welford's online algorithm). Profile fields come from the ``users`` topic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from streams.features import decay_add, decay_exponent
+
+EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
+
+
+@dataclass(frozen=True)
+class UserParams:
+    half_life_s: float = 7 * 24 * 3600.0
+    horizon_s: float = 30 * 24 * 3600.0
+    max_categories: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class UserFeatures:
+    cat_pref: tuple[tuple[str, float], ...] = ()  # category -> log2 decayed weight
+    purchase_n: int = 0
+    price_mean: float = 0.0
+    price_m2: float = 0.0
+    counts: tuple[tuple[str, int], ...] = ()
+    last_ms: int = 0
+    country: str = ""
+    age_bucket: str = ""
+    signup_ms: int = 0
+    profile_ms: int = 0
+
+    def preferences(self, now_ms: int, p: UserParams) -> dict[str, float]:
+        """Normalised category distribution as of ``now_ms``."""
+        if not self.cat_pref:
+            return {}
+        base = decay_exponent(now_ms, p.half_life_s)
+        raw = {c: 2.0 ** (s - base) for c, s in self.cat_pref}
+        total = sum(raw.values())
+        return {c: w / total for c, w in sorted(raw.items())} if total > 0 else {}
+
+    @property
+    def price_std(self) -> float:
+        return math.sqrt(self.price_m2 / (self.purchase_n - 1)) if self.purchase_n > 1 else 0.0
+
+    def to_dict(self, p: UserParams) -> dict[str, Any]:
+        return {
+            "pref": self.preferences(self.last_ms, p), "price_mean": self.price_mean,
+            "price_std": self.price_std, "purchases": self.purchase_n, "counts": dict(self.counts),
+            "last": self.last_ms, "country": self.country, "age": self.age_bucket,
+            "signup": self.signup_ms,
+        }
+
+
+def apply_event(u: UserFeatures | None, *, etype: str, ts_ms: int, category: str, price: float,
+                p: UserParams) -> UserFeatures:
+    u = u or UserFeatures()
+    counts = dict(u.counts)
+    counts[etype] = counts.get(etype, 0) + 1
+    changes: dict[str, Any] = {"counts": tuple(sorted(counts.items())),
+                               "last_ms": max(u.last_ms, ts_ms)}
+    weight = EVENT_WEIGHTS.get(etype)
+    if weight and category:
+        prefs = dict(u.cat_pref)
+        prefs[category] = decay_add(prefs.get(category), ts_ms, p.half_life_s, weight)
+        changes["cat_pref"] = _prune(prefs, changes["last_ms"], p)
+    if etype == "purchase" and price > 0:
+        n = u.purchase_n + 1
+        delta = price - u.price_mean
+        mean = u.price_mean + delta / n
+        changes.update(purchase_n=n, price_mean=mean, price_m2=u.price_m2 + delta * (price - mean))
+    return replace(u, **changes)
+
+
+def _prune(prefs: dict[str, float], now_ms: int, p: UserParams) -> tuple[tuple[str, float], ...]:
+    """Drop categories weighing less than one view as old as the horizon; cap the count."""
+    floor = decay_exponent(now_ms, p.half_life_s) - p.horizon_s / p.half_life_s
+    kept = {c: s for c, s in prefs.items() if s >= floor}
+    top = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))[: p.max_categories]
+    return tuple(sorted(top))
+
+
+def apply_profile(u: UserFeatures | None, *, country: str, age_bucket: str, signup_ms: int,
+                  updated_ms: int) -> UserFeatures:
+    u = u or UserFeatures()
+    if updated_ms < u.profile_ms:
+        return u
+    return replace(u, country=country, age_bucket=age_bucket, signup_ms=signup_ms,
+                   profile_ms=updated_ms)
