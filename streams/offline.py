@@ -18,8 +18,18 @@ from recsys.settings import Settings
 from streams import decoders as D
 from streams.events import Ev, Rejected
 from streams.redis_sink import Write
-from streams.steps import (CatalogRow, Pair, ProfileRow, StepConfig, Touch, UserTouch, covisit_step,
-                           item_step, sessionize, user_step)
+from streams.steps import (
+    CatalogRow,
+    Pair,
+    ProfileRow,
+    StepConfig,
+    Touch,
+    UserTouch,
+    covisit_step,
+    item_step,
+    sessionize,
+    user_step,
+)
 
 
 @dataclass
