@@ -79,6 +79,9 @@ class Settings:
     user_pref_half_life_s: float = 7 * 24 * 3600.0
     user_pref_horizon_s: float = 30 * 24 * 3600.0
     allowed_lateness_s: float = 3600.0  # older than a user's latest event by more: dead letter
+    click_window_s: float = 30 * 60.0  # label join: click attribution window (event time)
+    purchase_window_s: float = 7 * 24 * 3600.0  # cart / purchase attribution window
+    labels_metrics_port: int = 9104
     ctr_prior: float = 0.02  # Bayesian smoothing of item CTR / CVR
     cvr_prior: float = 0.05
     rate_prior_strength: float = 20.0

@@ -17,6 +17,13 @@ from prometheus_client import start_http_server
 from recsys.settings import Settings
 from streams import metrics
 from streams.features_flow import build_flow
+from streams.labels_flow import build_label_flow
+
+FLOWS = {
+    # name: (builder, input topics, metrics port setting)
+    "features": (build_flow, ("clickstream", "catalog", "users", "impressions"), "stream_metrics_port"),
+    "labels": (build_label_flow, ("impressions", "clickstream"), "labels_metrics_port"),
+}
 
 log = logging.getLogger(__name__)
 RECOVERY_PARTITIONS = 4
@@ -44,13 +51,16 @@ def run_stream(
     epoch_s: float = 2.0,
     metrics_port: int | None = None,
 ) -> None:
-    flow = build_flow(settings, flow_id=flow_id, tail=tail)
-    port = settings.stream_metrics_port if metrics_port is None else metrics_port
+    if flow_id not in FLOWS:
+        raise ValueError(f"unknown dataflow {flow_id!r}; known: {', '.join(FLOWS)}")
+    builder, topics, port_setting = FLOWS[flow_id]
+    flow = builder(settings, flow_id=flow_id, tail=tail)
+    port = getattr(settings, port_setting) if metrics_port is None else metrics_port
     if port:
         offset = process_id or 0
         start_http_server(port + offset, addr="127.0.0.1")
         log.info("dataflow metrics on http://127.0.0.1:%d/metrics", port + offset)
-    monitor = metrics.LagMonitor(settings, [settings.topic("clickstream"), settings.topic("catalog")])
+    monitor = metrics.LagMonitor(settings, [settings.topic(t) for t in topics])
     monitor.start()
     recovery = ensure_recovery(recovery_dir(settings, flow_id)) if settings.stream_recovery else None
     try:

@@ -1,17 +1,20 @@
-"""Run the feature dataflow (clickstream + catalog -> Redis state, bad input -> dead letters)."""
+"""Run a dataflow: `features` (clickstream, catalog, users, impressions -> Redis state, bad input
+-> dead letters) or `labels` (impressions joined with actions -> training examples)."""
 
 from __future__ import annotations
 
 import argparse
 
 from recsys.settings import Settings
-from streams.runner import run_stream
+from streams.runner import FLOWS, run_stream
 
 NAME = "stream"
-HELP = "run the Bytewax feature dataflow"
+HELP = "run a Bytewax dataflow (features or labels)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flow", choices=sorted(FLOWS), default="features",
+                   help="features (state for the scorer) or labels (training examples)")
     p.add_argument("--workers", type=int, default=None, help="worker threads in this process")
     p.add_argument("--process-id", type=int, default=None, help="this process's index (cluster)")
     p.add_argument("--addresses", default=None,
@@ -22,10 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     addresses = args.addresses.split(",") if args.addresses else None
-    print(f"feature dataflow: {settings.topic('clickstream')} + {settings.topic('catalog')} "
-          f"-> redis (prefix {settings.redis_prefix!r}); dead letters -> "
-          f"{settings.topic('dead_letter')}; recovery {'on' if settings.stream_recovery else 'off'}",
-          flush=True)
-    run_stream(settings, workers=args.workers, process_id=args.process_id, addresses=addresses,
-               tail=not args.no_tail, epoch_s=args.epoch_s)
+    _builder, topics, _port = FLOWS[args.flow]
+    target = (f"redis (prefix {settings.redis_prefix!r}), bad input -> {settings.topic('dead_letter')}"
+              if args.flow == "features" else settings.topic("training"))
+    print(f"{args.flow} dataflow: {', '.join(settings.topic(t) for t in topics)} -> {target}; "
+          f"recovery {'on' if settings.stream_recovery else 'off'}", flush=True)
+    run_stream(settings, flow_id=args.flow, workers=args.workers, process_id=args.process_id,
+               addresses=addresses, tail=not args.no_tail, epoch_s=args.epoch_s)
     return 0

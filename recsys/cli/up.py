@@ -57,14 +57,14 @@ class Status:
 
     def __init__(self, s: Settings) -> None:
         self.s = s
-        self.prev: dict[str, sv.Samples] = {"stream": {}, "serve": {}, "sim": {}}
+        self.prev: dict[str, sv.Samples] = {"stream": {}, "serve": {}, "sim": {}, "labels": {}}
         self.cur: dict[str, sv.Samples] = dict(self.prev)
         self.max_lag = 0.0
         self.t_prev = time.monotonic()
 
     def poll(self) -> str:
         ports = {"stream": self.s.stream_metrics_port, "serve": self.s.serve_metrics_port,
-                 "sim": self.s.sim_metrics_port}
+                 "sim": self.s.sim_metrics_port, "labels": self.s.labels_metrics_port}
         self.prev = self.cur
         self.cur = {name: sv.scrape(port) or self.prev[name] for name, port in ports.items()}
         now = time.monotonic()
@@ -92,6 +92,7 @@ class Status:
             "recommendations_served": served,
             "fallback_rate": degraded / served if served else 0.0,
             "dead_letters": sv.total(self.cur["stream"], "recsys_stream_dead_letters_total"),
+            "training_examples": sv.total(self.cur["labels"], "recsys_labels_examples_total"),
         }
 
 
@@ -129,6 +130,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             sv.wait_until(lambda: (state / REDIS_FILE).exists(), 30, "redis-server", r)
             print(f"[up] {r.tail(1)}", flush=True)
         stream = start("stream", "stream")
+        start("labels", "stream", "--flow", "labels")
         scorer = start("serve", "serve")
         sv.wait_until(lambda: _healthy(address), 60, f"the scorer on {address}", scorer)
         print(f"[up] scorer SERVING on {address}; dataflow running (logs in {logs})", flush=True)
