@@ -46,7 +46,11 @@ class ItemState:
     brand: str = ""
     price: float = 0.0
     active: bool = True
-    catalog_ms: int = 0  # updated_ms of the catalog row applied (newest wins)
+    catalog_ms: int = 0  # updated_ms of the catalog row applied (newest wins); 0 = none yet
+    # user-side events that arrived before the item's catalog row, held (bounded) until it
+    # arrives so the catalog join does not depend on topic interleaving:
+    # (user_id, etype, ts_ms, price, ingest_ms)
+    held: tuple[tuple[str, str, int, float, int], ...] = ()
 
     def decayed(self, name: str, now_ms: int, half_life_s: float) -> float:
         return decayed_value(getattr(self, name), now_ms, half_life_s)

@@ -30,6 +30,8 @@ FRESHNESS = Histogram(
     "event ingest (Kafka timestamp) -> Redis write",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+UNCATALOGUED = Counter("recsys_stream_uncatalogued_total",
+                       "user events passed on without item category (catalog row never arrived)")
 STATE_KEYS = Gauge("recsys_stream_state_keys", "keys in keyed state", ["state"])
 
 _processed: dict[tuple[str, int], int] = {}

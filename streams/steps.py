@@ -7,7 +7,7 @@ features cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proto import codecs
@@ -156,6 +156,17 @@ def _zsets(cfg: StepConfig, item_id: str, st: IF.ItemState, ingest_ms: int) -> l
     return out
 
 
+# per item: user events waiting for the item's first catalog row. A compacted catalog topic is
+# loaded at startup while the clickstream backlog is read too, so hot items can collect many
+# events before their row arrives; past this bound events go on without a category (counted).
+MAX_HELD = 10_000
+
+
+def _release(st: IF.ItemState) -> list[UserTouch]:
+    return [UserTouch(user, etype, ts, st.category, price if price > 0 else st.price, ingest)
+            for user, etype, ts, price, ingest in st.held]
+
+
 def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
               ) -> tuple[IF.ItemState, list[Write | UserTouch]]:
     k = cfg.keys
@@ -165,21 +176,31 @@ def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
                                active=x.active, updated_ms=x.updated_ms)
         if new is st:  # an older row than the one applied
             return new, []
+        released = _release(new)
+        new = replace(new, held=())
         row = codecs.encode({"title": x.title, "category": x.category, "brand": x.brand,
                              "price": x.price, "rating": x.rating, "active": x.active,
                              "updated": x.updated_ms})
         out: list[Write | UserTouch] = [Write("set", k.item_catalog(x.item_id), row, x.ingest_ms,
                                               "catalog")]
+        if new.n_events:  # the stats record carries catalog fields too: keep it current
+            out.append(Write("set", k.item_features(x.item_id), codecs.encode(new.to_dict(cfg.item)),
+                             x.ingest_ms, "item_stats"))
         if old_cat and old_cat != x.category:
             out.append(Write("zrem", k.trending(old_cat), x.item_id, x.ingest_ms, "trending"))
         out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms))
-        return new, out
+        return new, out + released
     new = IF.apply_event(st, x.etype, x.ts_ms, cfg.item, x.quantity)
     out = [Write("set", k.item_features(x.item_id), codecs.encode(new.to_dict(cfg.item)),
                  x.ingest_ms, "item_stats")]
     if x.etype in ("view", "purchase", "click"):
         out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms))
     if x.user_id:
+        if not new.catalog_ms:  # catalog row not here yet: hold
+            if len(new.held) < MAX_HELD:
+                return replace(new, held=(*new.held, (x.user_id, x.etype, x.ts_ms, x.price,
+                                                      x.ingest_ms))), out
+            metrics.UNCATALOGUED.inc()
         price = x.price if x.price > 0 else new.price
         out.append(UserTouch(x.user_id, x.etype, x.ts_ms, new.category, price, x.ingest_ms))
     return new, out

@@ -1,0 +1,330 @@
+"""Open-loop gRPC load generator: a fixed request schedule, latency free of coordinated omission.
+
+Request ``i`` is *scheduled* at ``t0 + i / rps`` and sent then, whether or not earlier
+requests have been answered (open loop: a slow server does not slow the generator down).
+Latency is measured from the scheduled send time, not from the moment the generator got
+round to sending, so a stall (server or client) shows up in the tail as the users behind
+it would have felt it, instead of being silently skipped ("coordinated omission"). The
+generator's own lateness (actual minus scheduled send time) is reported separately as
+``send_lag_*``: when it is large, the client, not the server, was the bottleneck.
+
+Built on ``grpc.aio``: one event loop, ``channels`` independent HTTP/2 connections
+(round robin, so SO_REUSEPORT server processes all get traffic).
+
+Reusable: ``run_open_loop(target, address, rps, duration_s, make_request) -> LoadResult``;
+``LoadResult.report()`` gives the JSON report (``target_rps, achieved_rps, p50_ms, p90_ms,
+p99_ms, p999_ms, errors, degraded_rate`` and extras).
+
+Definitions: ``achieved_rps`` = responses with status OK that arrived within the scheduled
+window ``[t0, t0 + duration]``, divided by the duration (throughput actually sustained).
+Latency percentiles include every completed call, errors too (``errors_by_code`` says how
+many failed and why). ``degraded_rate`` = OK responses flagged ``degraded`` / OK responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from proto import events_pb2, recommend_pb2
+from sim.histogram import Histogram
+
+PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
+CLIENT_BACKLOG = "CLIENT_BACKLOG"  # not sent: too many calls already in flight
+
+
+class LoadTestError(RuntimeError):
+    """The load test cannot run (bad address, unreachable server, bad parameters)."""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How to call one RPC: full method path, codecs, and how to read a response."""
+
+    name: str
+    method: str
+    response_deserializer: Callable[[bytes], Any] | None
+    is_degraded: Callable[[Any], bool] | None = None
+
+
+TARGETS: dict[str, TargetSpec] = {
+    "echo": TargetSpec("echo", "/recsys.v1.EchoService/Echo", None),
+    "recommend": TargetSpec(
+        "recommend",
+        "/recsys.v1.RecommendService/Recommend",
+        recommend_pb2.RecommendResponse.FromString,
+        lambda r: bool(r.degraded),
+    ),
+}
+
+
+def echo_requests(payload_bytes: int = 64) -> Callable[[int], bytes]:
+    """Pre-serialised EchoRequests with a fixed payload (a Recommend-sized request)."""
+    data = recommend_pb2.EchoRequest(payload=b"x" * payload_bytes).SerializeToString()
+    return lambda _i: data
+
+
+def recommend_requests(
+    users: int = 2000, k: int = 20, surfaces: Sequence[str] = ("home", "pdp", "cart"),
+    seed: int = 7, user_prefix: str = "u", pool: int = 50_000,
+) -> Callable[[int], bytes]:
+    """RecommendRequests for random users (fixed seed), pre-serialised so the generator
+    spends its time sending, not building protobufs. Request ``i`` is ``pool[i % len]``."""
+    if users < 1 or k < 0:
+        raise LoadTestError(f"need users >= 1 and k >= 0, got users={users} k={k}")
+    rng = random.Random(seed)
+    devices = ("web", "ios", "android")
+    reqs = []
+    for j in range(min(pool, max(users, 1000))):
+        surface = surfaces[j % len(surfaces)]
+        reqs.append(recommend_pb2.RecommendRequest(
+            user_id=f"{user_prefix}{rng.randrange(users)}", surface=surface, k=k,
+            context=events_pb2.Context(device=rng.choice(devices), surface=surface),
+        ).SerializeToString())
+    return lambda i: reqs[i % len(reqs)]
+
+
+def parse_address(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LoadTestError(f"bad address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    return address
+
+
+@dataclass
+class LoadResult:
+    target: str
+    address: str
+    target_rps: float
+    duration_s: float
+    requests: int = 0  # scheduled
+    sent: int = 0
+    ok: int = 0
+    ok_in_window: int = 0
+    degraded: int = 0
+    errors_by_code: Counter[str] = field(default_factory=Counter)
+    latency: Histogram = field(default_factory=Histogram)
+    send_lag: Histogram = field(default_factory=Histogram)
+    service: Histogram = field(default_factory=Histogram)  # from the actual send (uncorrected)
+    per_second: list[Histogram] = field(default_factory=list)  # by scheduled second
+    elapsed_s: float = 0.0  # t0 until the last call finished
+
+    @property
+    def errors(self) -> int:
+        return sum(self.errors_by_code.values())
+
+    @property
+    def achieved_rps(self) -> float:
+        return self.ok_in_window / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def degraded_rate(self) -> float:
+        return self.degraded / self.ok if self.ok else 0.0
+
+    @property
+    def client_bound(self) -> bool:
+        """The generator itself fell behind its schedule (p99 send lag > 10 ms): the numbers
+        then describe the client's limit as much as the server's."""
+        return self.send_lag.percentile(99) > 10_000 or self.errors_by_code[CLIENT_BACKLOG] > 0
+
+    def percentile_ms(self, q: float) -> float:
+        return self.latency.percentile(q) / 1000.0
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "target": self.target,
+            "address": self.address,
+            "target_rps": self.target_rps,
+            "achieved_rps": round(self.achieved_rps, 2),
+            **{k: round(self.percentile_ms(q), 3) for k, q in PERCENTILES.items()},
+            "errors": self.errors,
+            "degraded_rate": round(self.degraded_rate, 6),
+            "errors_by_code": dict(sorted(self.errors_by_code.items())),
+            "requests": self.requests,
+            "sent": self.sent,
+            "ok": self.ok,
+            "duration_s": self.duration_s,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "mean_ms": round(self.latency.mean() / 1000.0, 3),
+            "max_ms": round(self.latency.max_value / 1000.0, 3),
+            "service_p50_ms": round(self.service.percentile(50) / 1000.0, 3),
+            "service_p99_ms": round(self.service.percentile(99) / 1000.0, 3),
+            "send_lag_p99_ms": round(self.send_lag.percentile(99) / 1000.0, 3),
+            "send_lag_max_ms": round(self.send_lag.max_value / 1000.0, 3),
+            "client_bound": self.client_bound,
+            "timeline": [
+                {"t": i, "count": h.count, "p50_ms": round(h.percentile(50) / 1000, 3),
+                 "p99_ms": round(h.percentile(99) / 1000, 3),
+                 "max_ms": round(h.max_value / 1000, 3)}
+                for i, h in enumerate(self.per_second)
+            ],
+        }
+        return out
+
+    def summary(self) -> str:
+        r = self.report()
+        errs = ", ".join(f"{c}={n}" for c, n in r["errors_by_code"].items()) or "none"
+        return (
+            f"{self.target} @ {self.address}: target {self.target_rps:g} rps, achieved "
+            f"{r['achieved_rps']:.1f} rps over {self.duration_s:g}s ({self.requests} requests)\n"
+            f"  latency ms: p50 {r['p50_ms']:.3f}  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}  "
+            f"p99.9 {r['p999_ms']:.3f}  max {r['max_ms']:.3f}\n"
+            f"  errors: {errs}   degraded rate: {r['degraded_rate']:.4f}   "
+            f"generator send lag p99 {r['send_lag_p99_ms']:.3f} ms"
+            + ("\n  WARNING: the load generator could not keep its schedule (client-bound)"
+               if self.client_bound else "")
+        )
+
+
+ProgressFn = Callable[[int, LoadResult], None]
+
+
+async def open_loop(
+    target: str | TargetSpec,
+    address: str,
+    rps: float,
+    duration_s: float,
+    make_request: Callable[[int], Any] | None = None,
+    *,
+    timeout_s: float = 1.0,
+    channels: int = 4,
+    max_inflight: int = 20_000,
+    warmup_requests: int = 50,
+    connect_timeout_s: float = 5.0,
+    progress: ProgressFn | None = None,
+) -> LoadResult:
+    """Run the open-loop schedule inside the running event loop (see module doc)."""
+    spec = TARGETS[target] if isinstance(target, str) else target
+    if rps <= 0 or duration_s <= 0:
+        raise LoadTestError(f"need rps > 0 and duration > 0, got rps={rps} duration={duration_s}")
+    if channels < 1:
+        raise LoadTestError(f"need channels >= 1, got {channels}")
+    parse_address(address)
+    if make_request is None:
+        make_request = echo_requests() if spec.name == "echo" else recommend_requests()
+
+    def serialize(m: Any) -> bytes:
+        return m if isinstance(m, bytes) else bytes(m.SerializeToString())
+
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)]
+    chans = [grpc.aio.insecure_channel(address, options=options) for _ in range(channels)]
+    try:
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(c.channel_ready() for c in chans)), connect_timeout_s
+            )
+        except TimeoutError:
+            raise LoadTestError(
+                f"cannot reach a gRPC server at {address} within {connect_timeout_s:g}s "
+                "(is it running? check --address)"
+            ) from None
+        calls = [
+            c.unary_unary(spec.method, request_serializer=serialize,
+                          response_deserializer=spec.response_deserializer)
+            for c in chans
+        ]
+        for j in range(warmup_requests):  # connections, caches and code paths warm
+            try:
+                await calls[j % channels](make_request(j), timeout=max(timeout_s, 5.0))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE):
+                    raise LoadTestError(
+                        f"{address} cannot serve {spec.method}: {exc.code().name} "
+                        f"{exc.details()}"
+                    ) from None
+        return await _schedule(spec, address, rps, duration_s, make_request, calls,
+                               timeout_s, max_inflight, progress)
+    finally:
+        await asyncio.gather(*(c.close() for c in chans), return_exceptions=True)
+
+
+async def _schedule(
+    spec: TargetSpec, address: str, rps: float, duration_s: float,
+    make_request: Callable[[int], Any], calls: list[Any], timeout_s: float,
+    max_inflight: int, progress: ProgressFn | None,
+) -> LoadResult:
+    n = max(1, round(rps * duration_s))
+    res = LoadResult(spec.name, address, rps, duration_s, requests=n)
+    res.per_second = [Histogram() for _ in range(max(1, math.ceil(duration_s)))]
+    interval = 1.0 / rps
+    clock = time.monotonic
+    inflight: set[asyncio.Task[None]] = set()
+    is_degraded = spec.is_degraded
+    t0 = clock() + 0.02
+    window_end = t0 + duration_s
+
+    async def one(i: int, scheduled: float) -> None:
+        code = "OK"
+        sent = clock()
+        res.send_lag.record(max(0.0, sent - scheduled) * 1e6)
+        try:
+            resp = await calls[i % len(calls)](make_request(i), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        except asyncio.CancelledError:
+            code = "CANCELLED_AT_END"
+        except Exception as exc:  # noqa: BLE001 - a bad request factory must not vanish
+            code = f"CLIENT_{type(exc).__name__}"
+        done = clock()
+        lat_us = (done - scheduled) * 1e6
+        res.latency.record(lat_us)
+        res.service.record((done - sent) * 1e6)
+        res.per_second[min(int(scheduled - t0), len(res.per_second) - 1)].record(lat_us)
+        if code == "OK":
+            res.ok += 1
+            if done <= window_end:
+                res.ok_in_window += 1
+            if is_degraded is not None and is_degraded(resp):
+                res.degraded += 1
+        else:
+            res.errors_by_code[code] += 1
+
+    i = 0
+    next_report = t0 + 1.0
+    while i < n:
+        now = clock()
+        due = min(n, math.floor((now - t0) * rps) + 1)  # floor: never send early
+        while i < due:
+            scheduled = t0 + i * interval
+            if len(inflight) >= max_inflight:
+                res.errors_by_code[CLIENT_BACKLOG] += 1
+            else:
+                task = asyncio.create_task(one(i, scheduled))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                res.sent += 1
+            i += 1
+        if progress is not None and now >= next_report:
+            progress(int(now - t0), res)
+            next_report += 1.0
+        delay = t0 + i * interval - clock()
+        await asyncio.sleep(delay if delay > 0 else 0)
+    if inflight:
+        _done, pending = await asyncio.wait(set(inflight), timeout=timeout_s + 2.0)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    res.elapsed_s = clock() - t0
+    return res
+
+
+def run_open_loop(
+    target: str | TargetSpec,
+    address: str,
+    rps: float,
+    duration_s: float,
+    make_request: Callable[[int], Any] | None = None,
+    **kwargs: Any,
+) -> LoadResult:
+    """Synchronous wrapper of ``open_loop`` (its own event loop); see the module doc."""
+    return asyncio.run(open_loop(target, address, rps, duration_s, make_request, **kwargs))

@@ -1,0 +1,171 @@
+"""The open-loop load generator: rate accuracy against a real echo server in a subprocess,
+coordinated-omission-free latency under a server stall, error / degraded accounting, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from online.echo import EchoProcess
+from proto import recommend_pb2, recommend_pb2_grpc
+from sim.histogram import Histogram
+from sim.loadtest import LoadTestError, recommend_requests, run_open_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT_KEYS = {"target_rps", "achieved_rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
+               "errors", "degraded_rate"}
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[EchoProcess]:
+    with EchoProcess(workers=8) as server:
+        yield server
+
+
+def test_sustains_the_target_rate_against_echo(echo: EchoProcess) -> None:
+    rps, duration = 800.0, 4.0
+    res = run_open_loop("echo", echo.address, rps, duration)
+    report = res.report()
+    assert report.keys() >= REPORT_KEYS
+    assert res.errors == 0, report["errors_by_code"]
+    assert res.requests == res.sent == res.ok == int(rps * duration)
+    assert abs(res.achieved_rps - rps) <= 0.05 * rps, report
+    assert 0 < report["p50_ms"] <= report["p90_ms"] <= report["p99_ms"] <= report["p999_ms"]
+    assert report["p999_ms"] <= report["max_ms"]
+    assert [s["count"] for s in report["timeline"]] == [int(rps)] * int(duration)
+
+
+class _StallingRecommender(recommend_pb2_grpc.RecommendServiceServicer):
+    """One handler thread; one request (user 'stall') freezes it for ``stall_s``;
+    users u<id> with id % 4 == 0 get a degraded answer, id % 10 == 1 are refused."""
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self.stalled = threading.Event()
+
+    def Recommend(
+        self, request: recommend_pb2.RecommendRequest, context: grpc.ServicerContext
+    ) -> recommend_pb2.RecommendResponse:
+        if request.user_id == "stall" and not self.stalled.is_set():
+            self.stalled.set()
+            time.sleep(self.stall_s)
+        tail = request.user_id[1:]
+        uid = int(tail) if request.user_id.startswith("u") and tail.isdigit() else 2
+        if uid % 10 == 1:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "shed")
+        items = [recommend_pb2.ScoredItem(item_id=f"i{j}", position=j) for j in range(request.k)]
+        return recommend_pb2.RecommendResponse(items=items, degraded=uid % 4 == 0)
+
+
+def _serve(servicer: _StallingRecommender) -> tuple[grpc.Server, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    recommend_pb2_grpc.add_RecommendServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def test_latency_is_measured_from_the_schedule_through_a_stall() -> None:
+    """A 300 ms server freeze delays every request scheduled during it: an open-loop
+    generator must record ~60 slow requests at 200 rps, not one (coordinated omission)."""
+    stall_s, rps = 0.3, 200.0
+    server, address = _serve(_StallingRecommender(stall_s))
+    base = recommend_requests(users=1000, k=5, seed=1, user_prefix="x")  # x-ids: never refused
+
+    def make(i: int) -> bytes:
+        if i == 200:  # one second into the schedule (warm-up calls use i < 50)
+            return recommend_pb2.RecommendRequest(user_id="stall", k=5).SerializeToString()
+        return base(i)
+
+    try:
+        res = run_open_loop("recommend", address, rps, 2.0, make)
+    finally:
+        server.stop(0)
+    assert res.errors == 0
+    slow = res.latency.count - round(res.latency.count * _fraction_below(res.latency, 50_000))
+    assert slow >= 40, f"only {slow} requests over 50 ms: the stall was under-counted"
+    assert res.percentile_ms(99) >= 200.0
+    assert res.percentile_ms(50) < 50.0
+
+
+def _fraction_below(h: Histogram, value_us: float) -> float:
+    below = [f for v, f in h.cdf_points() if v < value_us]
+    return below[-1] if below else 0.0
+
+
+def test_counts_errors_by_code_and_degraded_answers() -> None:
+    server, address = _serve(_StallingRecommender(0.0))
+    make = recommend_requests(users=500, k=3, seed=5)
+    try:
+        res = run_open_loop("recommend", address, 300.0, 1.0, make, warmup_requests=0)
+    finally:
+        server.stop(0)
+    uids = [int(recommend_pb2.RecommendRequest.FromString(make(i)).user_id[1:])
+            for i in range(res.requests)]
+    refused = sum(1 for u in uids if u % 10 == 1)
+    degraded = sum(1 for u in uids if u % 4 == 0 and u % 10 != 1)
+    assert refused > 0 and degraded > 0
+    assert res.errors_by_code == Counter({"RESOURCE_EXHAUSTED": refused})
+    assert res.ok == res.requests - refused
+    assert res.degraded_rate == pytest.approx(degraded / res.ok)
+    assert res.report()["errors"] == refused
+
+
+def test_clear_errors_for_bad_or_unreachable_addresses() -> None:
+    with pytest.raises(LoadTestError, match="HOST:PORT"):
+        run_open_loop("echo", "nonsense", 10, 1)
+    with pytest.raises(LoadTestError, match="cannot reach"):
+        run_open_loop("echo", "127.0.0.1:1", 10, 1, connect_timeout_s=0.5)
+    with pytest.raises(LoadTestError, match="rps"):
+        run_open_loop("echo", "127.0.0.1:1", 0, 1)
+
+
+def test_cli_starts_its_own_echo_server_and_writes_the_report(tmp_path: Path) -> None:
+    report = tmp_path / "lt.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys.cli.main", "--state-dir", str(tmp_path), "loadtest",
+         "--target", "echo", "--rps", "500", "--duration", "2", "--quiet",
+         "--report", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert data.keys() >= REPORT_KEYS
+    assert data["errors"] == 0 and data["target"] == "echo"
+    assert abs(data["achieved_rps"] - 500) <= 25
+    assert "p99" in proc.stdout
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "recsys.cli.main", "--state-dir", str(tmp_path), "loadtest",
+         "--rps", "10", "--duration", "1", "--address", "127.0.0.1:notaport"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "bad address" in bad.stderr
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from sim.loadtest import LoadResult
+    from sim.plot import plot_results
+
+    runs = []
+    for rps in (100.0, 200.0):
+        r = LoadResult("echo", "127.0.0.1:1", rps, 3.0, per_second=[Histogram() for _ in range(3)])
+        for s, h in enumerate(r.per_second):
+            h.record_many([500.0 * (s + 1), 900.0, 20_000.0])
+            r.latency.merge(h)
+        runs.append(r)
+    for name, results in (("one.png", runs[:1]), ("sweep.png", runs)):
+        out = plot_results(results, tmp_path / name)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
