@@ -68,6 +68,7 @@ class Settings:
     stream_workers: int = 1
     stream_metrics_port: int = 9102
     stream_batch_size: int = 500
+    stream_flush_interval_ms: int = 100  # per key: a hot key's state is written at most this often
     stream_fetch_wait_ms: int = 50  # broker long-poll bound: caps idle-to-first-event latency
     stream_recovery: bool = True
     session_gap_s: float = 1800.0

@@ -61,7 +61,7 @@ class SessionState:
             "start": self.start_ms,
             "last": self.last_ms,
             "items": list(self.last_viewed),
-            "seq": [list(p) for p in self.sequence],
+            "seq": self.sequence,  # msgpack writes tuples as arrays
             "counts": dict(self.counts),
             "ver": self.version,
         }
@@ -114,7 +114,10 @@ def update_session(
         new = replace(state, last_ms=last_ms, start_ms=start_ms, counts=counts,
                       recent_ids=recent, version=state.version + 1)
         return SessionUpdate(new, duplicate=False)
-    seq = sorted((*state.sequence, (item_id, ts_ms)), key=lambda p: p[1])[-max_seq:]
+    if not state.sequence or ts_ms >= state.sequence[-1][1]:  # the common, in-order case
+        seq = [*state.sequence, (item_id, ts_ms)][-max_seq:]
+    else:
+        seq = sorted((*state.sequence, (item_id, ts_ms)), key=lambda p: p[1])[-max_seq:]
     pos = next(i for i in range(len(seq) - 1, -1, -1) if seq[i] == (item_id, ts_ms))
     pairs: list[tuple[str, str, float]] = []
     seen: set[str] = {item_id}
@@ -155,8 +158,9 @@ def update_covisit(
     max_items: int,
 ) -> dict[str, float]:
     """Add a weighted co-visit to an item's related-items map (log2 forward-decayed scores),
-    keeping at most ``max_items`` (pruned in bulk at 2x to amortise, deterministic)."""
-    out = dict(related or {})
+    keeping at most ``max_items`` (pruned in bulk at 2x to amortise, deterministic).
+    Updates ``related`` in place (it is this key's private state) and returns it."""
+    out = related if related is not None else {}
     out[other] = decay_add(out.get(other), ts_ms, half_life_s, weight)
     if len(out) > 2 * max_items:
         out = dict(top_items(out, max_items))

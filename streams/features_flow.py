@@ -19,6 +19,7 @@ Decoding lives in ``streams.decoders``, the pure step math in ``streams.steps``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
@@ -27,6 +28,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from recsys.settings import Settings, resolve_kafka_bootstrap, resolve_redis_url
 from streams import decoders as D
+from streams.coalesce import Coalesce, Group, group_by
 from streams.events import Ev, Rejected
 from streams.redis_sink import RedisSink, Write
 from streams.steps import (
@@ -36,6 +38,7 @@ from streams.steps import (
     StepConfig,
     Touch,
     UserTouch,
+    combine_pairs,
     covisit_step,
     item_step,
     sessionize,
@@ -51,8 +54,54 @@ def _pick(kind: type) -> Any:
     return f
 
 
+@dataclass(slots=True)
+class Bundle:
+    """A step's outputs for one input, split by type ONCE (each downstream split is then one
+    call per input, not one per output record)."""
+
+    writes: list[Write] = field(default_factory=list)
+    touches: list[Touch] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
+    user_touches: list[UserTouch] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+_SLOTS = {Write: "writes", Touch: "touches", Pair: "pairs", UserTouch: "user_touches",
+          Rejected: "rejected"}
+
+
+def _key(x: Any) -> str:
+    """The routing key of a record or a ``Group`` (groups carry their key)."""
+    if isinstance(x, Group):
+        return x.key
+    return str(getattr(x, "item_id", None) or x.user_id)
+
+
+def _user(x: Any) -> str:
+    return str(x.user_id)
+
+
+def _item(x: Any) -> str:
+    return str(x.item_id)
+
+
+def to_bundle(outs: list[Any]) -> Bundle:
+    b = Bundle()
+    for o in outs:
+        getattr(b, _SLOTS[type(o)]).append(o)
+    return b
+
+
+def coalesced(step_id: str, keyed: Any, step: Any, interval_ms: int, wrap: Any = to_bundle,
+              copy_state: bool = False) -> Any:
+    """A pure keyed step whose Redis writes are coalesced per key (``streams.coalesce``)."""
+    return op.key_rm(f"unkey_{step_id}", op.stateful(
+        step_id, keyed, lambda resume: Coalesce(step, resume, interval_ms, wrap, copy_state)))
+
+
 def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True) -> Dataflow:
     cfg = StepConfig.from_settings(settings)
+    flush_ms = int(settings.stream_flush_interval_ms)
     max_skew_ms = int(settings.max_event_skew_s * 1000)
     brokers = [resolve_kafka_bootstrap(settings)]
     kafka_conf = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
@@ -67,10 +116,10 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
     clicks = op.map("decode_validate", op.input("clickstream_in", flow, source("clickstream")),
                     lambda m: D.decode_clickstream(m, max_skew_ms))
     events: Stream[Ev] = op.filter_map("valid_events", clicks, _pick(Ev))
-    # (user_id, Ev) -> Write | Touch | Pair | Rejected
-    sess = op.key_rm("unkey_sessions", op.stateful_flat_map(
-        "sessionize", op.key_on("key_by_user", events, lambda e: e.user_id),
-        lambda s, e: sessionize(cfg, s, e)))
+    # (user_id, Ev) -> Bundle(writes, touches, pairs, rejected)
+    by_user = op.flat_map_batch("group_events", events, lambda es: group_by(es, _user))
+    sess = coalesced("sessionize", op.key_on("key_by_user", by_user, _key),
+                     lambda s, e: sessionize(cfg, s, e), flush_ms)
     # impressions: KafkaSourceMessage -> Touch (per served item) | Rejected
     imps = op.flat_map("decode_impressions", op.input("impressions_in", flow, source("impressions")),
                        D.decode_impressions)
@@ -79,31 +128,38 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
     prof = op.map("decode_profiles", op.input("users_in", flow, source("users")), D.decode_profile)
 
     # items: (item_id, Touch | CatalogRow) -> Write | UserTouch
-    to_items = op.merge("item_inputs", op.filter_map("touches", sess, _pick(Touch)),
-                        op.filter_map("impression_touches", imps, _pick(Touch)),
+    touches = op.flat_map_batch("group_touches", sess,
+                                lambda bs: group_by([t for b in bs for t in b.touches], _item))
+    imp_touches = op.flat_map_batch("group_impressions", op.filter_map(
+        "impression_touches", imps, _pick(Touch)), lambda ts: group_by(ts, _item))
+    to_items = op.merge("item_inputs", touches, imp_touches,
                         op.filter_map("catalog_rows", cat, _pick(CatalogRow)))
-    item_out = op.key_rm("unkey_items", op.stateful_flat_map(
-        "item_step", op.key_on("key_by_item", to_items, lambda x: x.item_id),
-        lambda s, x: item_step(cfg, s, x)))
+    # (item_id, Group[Touch] | CatalogRow) -> Bundle(writes, user_touches)
+    item_out = coalesced("item_step", op.key_on("key_by_item", to_items, _key),
+                         lambda s, x: item_step(cfg, s, x), flush_ms)
     # users: (user_id, UserTouch | ProfileRow) -> Write
-    to_users = op.merge("user_inputs", op.filter_map("user_touches", item_out, _pick(UserTouch)),
+    user_touches = op.flat_map_batch("group_user_touches", item_out,
+                                     lambda bs: group_by([u for b in bs for u in b.user_touches], _user))
+    to_users = op.merge("user_inputs", user_touches,
                         op.filter_map("profile_rows", prof, _pick(ProfileRow)))
-    user_writes = op.key_rm("unkey_users", op.stateful_flat_map(
-        "user_step", op.key_on("key_by_user_2", to_users, lambda x: x.user_id),
-        lambda s, x: user_step(cfg, s, x)))
+    user_writes = coalesced("user_step", op.key_on("key_by_user_2", to_users, _key),
+                            lambda s, x: user_step(cfg, s, x), flush_ms, wrap=list)
     # co-visitation: (src, Pair) -> Write
-    covis = op.key_rm("unkey_covisit", op.stateful_flat_map(
-        "covisit", op.key_on("key_by_src", op.filter_map("pairs", sess, _pick(Pair)),
-                             lambda p: p.src),
-        lambda s, p: covisit_step(cfg, s, p)))
+    # pairs: combined per batch by source item, then (src, Pair) -> Write
+    pairs = op.flat_map_batch("combine_pairs", sess,
+                              lambda bs: combine_pairs([p for b in bs for p in b.pairs]))
+    covis = coalesced("covisit", op.key_on("key_by_src", pairs, lambda p: p.src),
+                      lambda s, p: covisit_step(cfg, s, p), flush_ms, wrap=list, copy_state=True)
 
     # sinks: every Rejected -> dead-letter topic; every Write -> Redis
-    dead = op.merge("all_rejected", *(op.filter_map(f"rejected_{i}", s, _pick(Rejected))
-                                      for i, s in enumerate((clicks, sess, imps, cat, prof))))
+    dead = op.merge("all_rejected", op.flat_map("session_rejected", sess, lambda b: b.rejected),
+                    *(op.filter_map(f"rejected_{name}", s, _pick(Rejected))
+                      for name, s in (("clicks", clicks), ("imps", imps), ("cat", cat), ("prof", prof))))
     op.output("dead_letter_out", op.map("to_dlq_record", dead, D.to_dead_letter),
               KafkaSink(brokers, settings.topic("dead_letter"), add_config=kafka_conf))
-    writes = op.merge("all_writes", op.filter_map("session_writes", sess, _pick(Write)),
-                      op.filter_map("item_writes", item_out, _pick(Write)), user_writes, covis)
+    # Write, or a list of them from one step input (the sink flattens)
+    writes = op.merge("all_writes", op.map("session_writes", sess, lambda b: b.writes),
+                      op.map("item_writes", item_out, lambda b: b.writes), user_writes, covis)
     op.output("redis_state", writes, RedisSink(resolve_redis_url(settings)))
     return flow
 

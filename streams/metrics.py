@@ -28,7 +28,8 @@ LAG = Gauge("recsys_stream_consumer_lag", "high watermark - next offset", ["topi
 FRESHNESS = Histogram(
     "recsys_stream_freshness_seconds",
     "event ingest (Kafka timestamp) -> Redis write",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=(0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+             0.75, 1, 2, 5, 10, 30, 60),
 )
 UNCATALOGUED = Counter("recsys_stream_uncatalogued_total",
                        "user events passed on without item category (catalog row never arrived)")
@@ -85,6 +86,8 @@ class LagMonitor(threading.Thread):
         self._stop_evt.set()
 
 
-def observe_freshness(ingest_ms: int) -> None:
-    if ingest_ms > 0:
-        FRESHNESS.observe(max(time.time() * 1000 - ingest_ms, 0.0) / 1000.0)
+def observe_freshness_many(ingest_ms: list[int]) -> None:
+    now = time.time() * 1000
+    for t in ingest_ms:
+        if t > 0:
+            FRESHNESS.observe(max(now - t, 0.0) / 1000.0)

@@ -17,7 +17,7 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from recsys.settings import Settings
 from streams import decoders as D
 from streams.events import Ev, Rejected
-from streams.redis_sink import Write
+from streams.redis_sink import Write, materialize
 from streams.steps import (
     CatalogRow,
     Pair,
@@ -43,9 +43,9 @@ class StateImage:
 
     def apply(self, w: Write) -> None:
         if w.op == "set":
-            self.strings[w.key] = w.value
+            self.strings[w.key] = materialize(w.value)
         elif w.op == "zreplace":
-            mapping = w.value.mapping() if hasattr(w.value, "mapping") else w.value
+            mapping = materialize(w.value)
             self.zsets[w.key] = dict(mapping)
             if not mapping:
                 del self.zsets[w.key]

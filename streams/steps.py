@@ -8,7 +8,6 @@ features cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from proto import codecs
 from proto.keys import Keys
@@ -18,7 +17,7 @@ from streams import item_features as IF
 from streams import metrics
 from streams import user_features as UF
 from streams.events import Ev, Rejected
-from streams.redis_sink import Write
+from streams.redis_sink import Lazy, Write
 
 # --- records flowing between steps -------------------------------------------------------
 
@@ -73,13 +72,22 @@ class ProfileRow:
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """A co-visitation: ``src`` was seen near ``dst`` in a session."""
+    """Co-visitations of one source item: ``src`` was seen near each ``dst`` with a weight, at
+    an event time. Pairs of one source may be combined (``combine_pairs``) before keying."""
 
     src: str
-    dst: str
-    weight: float
-    ts_ms: int
+    dsts: tuple[tuple[str, float, int], ...]  # (dst, weight, event time ms)
     ingest_ms: int
+
+
+def combine_pairs(pairs: list[Pair]) -> list[Pair]:
+    """Map-side combine: one record per source item (fewer keyed records for hot items)."""
+    by_src: dict[str, tuple[list[tuple[str, float, int]], int]] = {}
+    for p in pairs:
+        dsts, ingest = by_src.get(p.src, ([], p.ingest_ms))
+        dsts.extend(p.dsts)
+        by_src[p.src] = (dsts, min(ingest, p.ingest_ms))
+    return [Pair(src, tuple(dsts), ingest) for src, (dsts, ingest) in by_src.items()]
 
 
 Out = Write | Touch | Pair | Rejected | UserTouch
@@ -126,7 +134,7 @@ def sessionize(cfg: StepConfig, state: F.SessionState | None, ev: Ev
     if upd.duplicate:
         metrics.DUPLICATES.inc()
         return upd.state, []
-    out: list[Out] = [Write("set", cfg.keys.session(ev.user_id), codecs.encode(upd.state.to_dict()),
+    out: list[Out] = [Write("set", cfg.keys.session(ev.user_id), Lazy(_encode_session, upd.state),
                             ev.ingest_ms, "session")]
     if ev.type == "purchase":
         out.append(Write("sadd", cfg.keys.user_purchased(ev.user_id), ev.item_id, ev.ingest_ms,
@@ -134,7 +142,10 @@ def sessionize(cfg: StepConfig, state: F.SessionState | None, ev: Ev
     if ev.item_id:
         out.append(Touch(ev.item_id, ev.user_id, ev.type, ev.ts_ms, ev.quantity, ev.price,
                          ev.ingest_ms))
-    out.extend(Pair(a, b, w, ev.ts_ms, ev.ingest_ms) for a, b, w in upd.pairs)
+    grouped: dict[str, list[tuple[str, float, int]]] = {}
+    for a, b, w in upd.pairs:
+        grouped.setdefault(a, []).append((b, w, ev.ts_ms))
+    out.extend(Pair(src, tuple(dsts), ev.ingest_ms) for src, dsts in grouped.items())
     return upd.state, out
 
 
@@ -184,14 +195,14 @@ def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
         out: list[Write | UserTouch] = [Write("set", k.item_catalog(x.item_id), row, x.ingest_ms,
                                               "catalog")]
         if new.n_events:  # the stats record carries catalog fields too: keep it current
-            out.append(Write("set", k.item_features(x.item_id), codecs.encode(new.to_dict(cfg.item)),
+            out.append(Write("set", k.item_features(x.item_id), Lazy(_encode_item, new, cfg.item),
                              x.ingest_ms, "item_stats"))
         if old_cat and old_cat != x.category:
             out.append(Write("zrem", k.trending(old_cat), x.item_id, x.ingest_ms, "trending"))
         out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms))
         return new, out + released
     new = IF.apply_event(st, x.etype, x.ts_ms, cfg.item, x.quantity)
-    out = [Write("set", k.item_features(x.item_id), codecs.encode(new.to_dict(cfg.item)),
+    out = [Write("set", k.item_features(x.item_id), Lazy(_encode_item, new, cfg.item),
                  x.ingest_ms, "item_stats")]
     if x.etype in ("view", "purchase", "click"):
         out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms))
@@ -219,7 +230,7 @@ def user_step(cfg: StepConfig, st: UF.UserFeatures | None, x: UserTouch | Profil
                              p=cfg.user)
     if new is st:
         return new, []
-    return new, [Write("set", cfg.keys.user_features(x.user_id), codecs.encode(new.to_dict(cfg.user)),
+    return new, [Write("set", cfg.keys.user_features(x.user_id), Lazy(_encode_user, new, cfg.user),
                        x.ingest_ms, "user_features")]
 
 
@@ -228,26 +239,29 @@ def user_step(cfg: StepConfig, st: UF.UserFeatures | None, x: UserTouch | Profil
 
 def covisit_step(cfg: StepConfig, state: dict[str, float] | None, p: Pair
                  ) -> tuple[dict[str, float], list[Write]]:
-    new = F.update_covisit(state, p.dst, p.ts_ms, p.weight, cfg.covisit_half_life_s, cfg.covisit_max)
-    return new, [Write("zreplace", cfg.keys.covisit(p.src), TopN(new, cfg.covisit_max), p.ingest_ms,
-                       "covisit")]
+    new = state
+    for dst, weight, ts_ms in p.dsts:
+        new = F.update_covisit(new, dst, ts_ms, weight, cfg.covisit_half_life_s, cfg.covisit_max)
+    assert new is not None
+    # the top-N is computed only for the write actually flushed (hot items get many pairs)
+    return new, [Write("zreplace", cfg.keys.covisit(p.src), Lazy(_top_n, new, cfg.covisit_max),
+                       p.ingest_ms, "covisit")]
 
 
-class TopN:
-    """A lazily computed top-N of a score map: the sink computes it only for the last write
-    to a key in a batch, so hot items do not sort their neighbours on every event."""
-
-    __slots__ = ("n", "scores")
-
-    def __init__(self, scores: dict[str, float], n: int) -> None:
-        self.scores, self.n = scores, n
-
-    def mapping(self) -> dict[str, float]:
-        return dict(F.top_items(self.scores, self.n))
-
-    def __bool__(self) -> bool:
-        return bool(self.scores)
+# --- lazy value encoders (module level: pending writes are pickled in snapshots) ---------
 
 
-def value_of(w: Write) -> Any:
-    return w.value.mapping() if isinstance(w.value, TopN) else w.value
+def _encode_session(st: F.SessionState) -> bytes:
+    return codecs.encode(st.to_dict())
+
+
+def _encode_item(st: IF.ItemState, p: IF.ItemParams) -> bytes:
+    return codecs.encode(st.to_dict(p))
+
+
+def _encode_user(st: UF.UserFeatures, p: UF.UserParams) -> bytes:
+    return codecs.encode(st.to_dict(p))
+
+
+def _top_n(scores: dict[str, float], n: int) -> dict[str, float]:
+    return dict(F.top_items(scores, n))

@@ -80,8 +80,11 @@ def apply_event(u: UserFeatures | None, *, etype: str, ts_ms: int, category: str
 
 
 def _prune(prefs: dict[str, float], now_ms: int, p: UserParams) -> tuple[tuple[str, float], ...]:
-    """Drop categories weighing less than one view as old as the horizon; cap the count."""
+    """Drop categories weighing less than one view as old as the horizon; cap the count.
+    (Sorted by category: a canonical form, so equal states compare and encode equal.)"""
     floor = decay_exponent(now_ms, p.half_life_s) - p.horizon_s / p.half_life_s
+    if len(prefs) <= p.max_categories and min(prefs.values()) >= floor:  # the common case
+        return tuple(sorted(prefs.items()))
     kept = {c: s for c, s in prefs.items() if s >= floor}
     top = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))[: p.max_categories]
     return tuple(sorted(top))
