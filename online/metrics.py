@@ -15,6 +15,7 @@ CANDIDATES = Histogram("recsys_serve_candidates", "candidates per source", ["sou
                        buckets=(0, 1, 5, 10, 25, 50, 100, 200, 500, 1000))
 PREDICTED = Gauge("recsys_serve_mean_prediction", "mean predicted probability of served items",
                   ["head"])
+SOURCE_ERRORS = Counter("recsys_serve_source_errors_total", "retrieval sources that failed", ["source"])
 IMPRESSIONS_DROPPED = Counter("recsys_serve_impressions_dropped_total",
                               "impressions not logged (Kafka queue full or down)")
 FALLBACK_SIZE = Gauge("recsys_serve_fallback_items", "items in the in-memory fallback list")

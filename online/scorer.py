@@ -1,17 +1,13 @@
-"""The scorer's math, pure: candidates in, ranked list out. No I/O here.
-
-retrieval results (per source) ─► merge (dedupe, tag sources, cap) ─► features
-    ─► rank (heuristic until a trained model is promoted) ─► re-rank (filters, diversity)
+"""The scorer's pure math: merging retrieval results into tagged candidates, co-visitation
+aggregation and session affinity. No I/O here (see ``online.retrieval`` for the sources,
+``online.ranking`` for models, ``online.rerank`` for diversity and exploration).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-HEURISTIC_VERSION = "heuristic-v1"
 
 
 @dataclass
@@ -80,34 +76,6 @@ def combine_related(lists: Sequence[Sequence[tuple[str, float]]], recency_decay:
     return sorted(agg.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def heuristic_rank(cands: Sequence[Candidate], category_affinity: dict[str, float],
-                   catalog: dict[str, dict[str, Any]]) -> list[Ranked]:
-    """A transparent stand-in ranker: co-visitation, popularity and session-category affinity.
-
-    p_click = sigmoid(-3.5 + 2.5·covisit + 1.0·popularity + 1.5·affinity); cart and purchase
-    heads are fixed fractions of it. Not calibrated: responses say so via the model version."""
-    out = []
-    for c in cands:
-        row = catalog.get(c.item_id) or {}
-        feats = {
-            "covisit": c.retrieval.get("covisit", 0.0),
-            "popular": max(c.retrieval.get("popular", 0.0), c.retrieval.get("top_sellers", 0.0)),
-            "affinity": category_affinity.get(str(row.get("category", "")), 0.0),
-            "price": float(row.get("price", 0.0) or 0.0),
-            "n_sources": float(len(c.sources)),
-        }
-        logit = -3.5 + 2.5 * feats["covisit"] + 1.0 * feats["popular"] + 1.5 * feats["affinity"]
-        p_click = sigmoid(logit)
-        out.append(Ranked(c.item_id, p_click, p_click, 0.3 * p_click, 0.1 * p_click,
-                          tuple(c.sources), feats))
-    out.sort(key=lambda r: (-r.score, r.item_id))
-    return out
-
-
 def category_affinity(last_viewed: Sequence[str], catalog: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Share of the recently viewed items per category, recency-weighted (most recent first)."""
     weights: dict[str, float] = {}
@@ -117,24 +85,3 @@ def category_affinity(last_viewed: Sequence[str], catalog: dict[str, dict[str, A
             weights[str(cat)] = weights.get(str(cat), 0.0) + 0.8**rank
     total = sum(weights.values())
     return {c: w / total for c, w in weights.items()} if total else {}
-
-
-def rerank(ranked: Sequence[Ranked], k: int, catalog: dict[str, dict[str, Any]],
-           max_per_category: int) -> list[Ranked]:
-    """Drop inactive items, cap items per category for diversity; backfill if short."""
-    picked: list[Ranked] = []
-    skipped: list[Ranked] = []
-    per_cat: dict[str, int] = {}
-    for r in ranked:
-        row = catalog.get(r.item_id) or {}
-        if row and not row.get("active", True):
-            continue
-        cat = str(row.get("category", ""))
-        if cat and per_cat.get(cat, 0) >= max_per_category:
-            skipped.append(r)
-            continue
-        per_cat[cat] = per_cat.get(cat, 0) + 1
-        picked.append(r)
-        if len(picked) == k:
-            return picked
-    return (picked + skipped)[:k]

@@ -12,14 +12,18 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from models.registry import default_root
 from online import metrics
+from online.ann.follower import IndexFollower
 from online.impressions import ImpressionLogger
+from online.ranking import ModelHolder, default_loader
 from online.servicer import RecommendServicer
 from online.store import RedisStore, StateStore
 from proto import recommend_pb2, recommend_pb2_grpc
@@ -38,11 +42,16 @@ class ScorerServer:
     servicer: RecommendServicer
     health: health.HealthServicer
     refresher: Refresher
+    models: ModelHolder
+    follower: IndexFollower | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.refresher.stop()
+        self.models.stop()
+        if self.follower is not None:
+            self.follower.stop()
         if self.servicer.impressions is not None:
             self.servicer.impressions.close()
 
@@ -72,12 +81,26 @@ class Refresher(threading.Thread):
         self._stop_evt.set()
 
 
+def _ann_follower(settings: Settings) -> IndexFollower | None:
+    """The HNSW replica following the embedding changelog; serving goes on without it."""
+    try:
+        return IndexFollower.from_settings(settings, settings.embedding_dim,
+                                           snapshot_dir=settings.state_dir / "ann").start()
+    except Exception as exc:  # noqa: BLE001 - ANN is one retrieval source among several
+        log.warning("ANN retrieval disabled (index follower failed to start): %s", exc)
+        return None
+
+
 def build_server(settings: Settings, *, port: int | None = None, store: StateStore | None = None,
-                 log_impressions: bool = True, max_workers: int = 16) -> ScorerServer:
+                 log_impressions: bool = True, max_workers: int = 16, ann: Any = None) -> ScorerServer:
     store = store or RedisStore(resolve_redis_url(settings), Keys(settings.redis_prefix),
                                 timeout_ms=settings.redis_timeout_ms)
     impressions = ImpressionLogger(settings) if log_impressions else None
-    servicer = RecommendServicer(settings, store, impressions)
+    models = ModelHolder(default_root(settings.state_dir), settings.ranker_model, default_loader(),
+                         settings.model_reload_s).start()
+    follower = _ann_follower(settings) if settings.ann_enabled and ann is None else None
+    index = ann if ann is not None else (lambda: follower.index if follower else None)
+    servicer = RecommendServicer(settings, store, impressions, models, index)
     refresher = Refresher(servicer, store, settings.top_sellers_refresh_s)
     refresher.refresh_once()
     refresher.start()
@@ -94,7 +117,7 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return ScorerServer(server, bound, servicer, health_servicer, refresher)
+    return ScorerServer(server, bound, servicer, health_servicer, refresher, models, follower)
 
 
 def serve(settings: Settings) -> int:

@@ -1,4 +1,5 @@
-"""The Recommend RPC: validate -> user state -> retrieve -> rank -> re-rank -> respond + log.
+"""The Recommend RPC: validate -> user state -> retrieve -> features -> rank -> value ->
+re-rank (diversity, exploration) -> respond + log what was served.
 
 Deadline-aware: a failing or late stage (Redis down, timeout, bug) answers from the in-memory
 fallback list with ``degraded=true``. The RPC never fails because a dependency did.
@@ -17,16 +18,19 @@ from typing import Any
 import grpc
 
 from online import metrics
+from online import retrieval as R
 from online import scorer as S
 from online.errors import InvalidArgument, grpc_errors
+from online.features import assemble
 from online.impressions import ImpressionLogger
+from online.ranking import HeuristicRanker, ModelHolder, Ranker, value_scores
+from online.rerank import Exploration, diversify, explore
 from online.store import StateStore, UserState
 from proto import codecs, events_pb2, recommend_pb2, recommend_pb2_grpc
 from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_ID_LEN = 128
-ARM_POLICIES = ("model", "popular", "random")
 
 
 class DeadlineExceeded(Exception):
@@ -72,14 +76,33 @@ class FallbackList:
 
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def __init__(self, settings: Settings, store: StateStore,
-                 impressions: ImpressionLogger | None = None) -> None:
+                 impressions: ImpressionLogger | None = None, models: ModelHolder | None = None,
+                 ann_index: Any = None) -> None:
         self.s = settings
         self.store = store
         self.impressions = impressions
         self.fallback = FallbackList()
-        self.model_version = S.HEURISTIC_VERSION
+        self.models = models
+        self.heuristic = HeuristicRanker()
+        self.exploration = Exploration(settings.explore_epsilon,
+                                       tuple(int(x) for x in settings.explore_slots))
         self._rng = random.Random(settings.sim_seed)
         self._rng_lock = threading.Lock()
+        ann = ann_index if callable(ann_index) else (lambda: ann_index)
+        self.sources: list[R.Source] = [
+            R.CovisitSource(store), R.SessionAnnSource(ann), R.TrendingSource(store),
+            R.NewItemsSource(store), R.PopularSource(store),
+            R.TopSellersSource(lambda: self.fallback.items),
+        ]
+
+    @property
+    def model_version(self) -> str:
+        return self.models.current.version if self.models else self.heuristic.version
+
+    def ranker_for(self, arm: str) -> Ranker:
+        if arm == "model" and self.models is not None:
+            return self.models.current
+        return self.heuristic
 
     # --- RPC -------------------------------------------------------------------------------
     @grpc_errors
@@ -89,18 +112,16 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         k, surface = validate_request(request, self.s)
         request_id = request.request_id or uuid.uuid4().hex
         arm = assign_arm(request.user_id, self.s.ab_experiment, self.s.ab_arms)
-        degraded, reason = False, ""
+        degraded, reason, version = False, "", "fallback"
         try:
-            ranked = self._recommend(request, k, arm, t0)
+            ranked, version = self._recommend(request, k, arm, surface, t0)
         except Exception as exc:  # noqa: BLE001 - any failure degrades, never errors
             degraded, reason = True, f"{type(exc).__name__}: {exc}"[:200]
             metrics.FALLBACKS.labels(type(exc).__name__).inc()
             ranked = self._fallback(k, set(request.exclude_item_ids))
         resp = recommend_pb2.RecommendResponse(
-            request_id=request_id, model_version=self.model_version if not degraded else "fallback",
-            experiment=self.s.ab_experiment, arm=arm, degraded=degraded, degraded_reason=reason,
-            served_at_ms=int(time.time() * 1000),
-        )
+            request_id=request_id, model_version=version, experiment=self.s.ab_experiment, arm=arm,
+            degraded=degraded, degraded_reason=reason, served_at_ms=int(time.time() * 1000))
         for pos, r in enumerate(ranked):
             resp.items.append(recommend_pb2.ScoredItem(
                 item_id=r.item_id, score=r.score, position=pos, sources=list(r.sources),
@@ -120,70 +141,101 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             raise DeadlineExceeded(f"deadline {self.s.request_deadline_ms} ms passed after {stage}")
         return now
 
-    def _recommend(self, req: recommend_pb2.RecommendRequest, k: int, arm: str, t0: float
-                   ) -> list[S.Ranked]:
+    def _recommend(self, req: recommend_pb2.RecommendRequest, k: int, arm: str, surface: str,
+                   t0: float) -> tuple[list[S.Ranked], str]:
         t = time.perf_counter()
         state = self.store.user_state(req.user_id)
         t = self._check(t0, "user_state", t)
-        cached = self._from_cache(state, k, arm)
+        ranker = self.ranker_for(arm)
+        cached = self._from_cache(state, k, arm, ranker.version)
         if cached is not None:
-            return cached
+            return cached, ranker.version
         exclude = frozenset(req.exclude_item_ids) | state.purchased
-        policy = arm if arm in ARM_POLICIES else "model"
-        sources = self._retrieve(state, policy)
+        prefs = (state.features or {}).get("pref") or {}
+        q = R.Query(req.user_id, state, sorted(prefs, key=lambda c: -prefs[c]), exclude)
+        sources = R.retrieve(self._sources_for(arm), q)
+        cands = S.merge_candidates(sources, self.s.candidates, exclude | set(state.last_viewed))
         t = self._check(t0, "retrieval", t)
-        cands = S.merge_candidates(sources, self.s.candidates, exclude)
-        catalog = {c.item_id: row for c in cands if (row := self.store.catalog(c.item_id))}
-        for item in state.last_viewed:
-            row = self.store.catalog(item)
-            if row:
-                catalog[item] = row
-        if policy == "random":
+        if arm == "random":
             with self._rng_lock:
                 self._rng.shuffle(cands)
-        affinity = S.category_affinity(state.last_viewed, catalog)
-        ranked = S.heuristic_rank(cands, affinity, catalog) if policy != "random" else [
-            S.Ranked(c.item_id, 0.0, 0.0, 0.0, 0.0, tuple(c.sources), {}) for c in cands]
+        feats, catalog = self._features(cands, state, req, surface)
+        t = self._check(t0, "features", t)
+        probs = ranker.predict(feats) if cands else None
         t = self._check(t0, "ranking", t)
-        out = S.rerank(ranked, k, catalog, max_per_category=max(2, k // 3))
+        ranked = self._order(cands, feats, probs, catalog, arm)
+        out = diversify(ranked, k, catalog, self.s.max_per_category, self.s.max_per_brand)
+        if arm in ("model", "heuristic"):
+            shown = {r.item_id for r in out}
+            with self._rng_lock:
+                out = explore(out, [r for r in ranked if r.item_id not in shown], self.exploration,
+                              self._rng)
         self._check(t0, "rerank", t)
         if out:
-            self._store_cache(req.user_id, state, out, arm)
+            self._store_cache(req.user_id, state, out, arm, ranker.version)
         if len(out) < k:
             seen = {r.item_id for r in out} | exclude
             out += [r for r in self._fallback(k, seen) if r.item_id not in seen][: k - len(out)]
-        for head, attr in (("click", "p_click"), ("cart", "p_cart"), ("purchase", "p_purchase")):
-            if out:
-                metrics.PREDICTED.labels(head).set(sum(getattr(r, attr) for r in out) / len(out))
-        return out
+        return out, ranker.version
 
-    def _retrieve(self, state: UserState, policy: str) -> list[tuple[str, list[tuple[str, float]]]]:
-        sources: list[tuple[str, list[tuple[str, float]]]] = []
-        if policy == "model" and state.last_viewed:
-            related = self.store.related(state.last_viewed, per_item=50)
-            sources.append(("covisit", S.combine_related(related)))
-        sources.append(("popular", self.store.popular(200 if policy != "random" else 1000)))
-        sources.append(("top_sellers", [(i, 1.0) for i in self.fallback.items[:100]]))
-        for name, rows in sources:
-            metrics.CANDIDATES.labels(name).observe(len(rows))
-        return sources
+    def _sources_for(self, arm: str) -> list[R.Source]:
+        if arm == "popular":
+            return [s for s in self.sources if s.name in ("popular", "top_sellers")]
+        if arm == "random":
+            return [s for s in self.sources if s.name in ("popular", "new_items")]
+        return self.sources
 
-    def _from_cache(self, state: UserState, k: int, arm: str) -> list[S.Ranked] | None:
+    def _features(self, cands: list[S.Candidate], state: UserState,
+                  req: recommend_pb2.RecommendRequest, surface: str
+                  ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        ids = [c.item_id for c in cands]
+        catalog = {i: row for i in ids + state.last_viewed if (row := self.store.catalog(i))}
+        stats = self.store.item_stats(ids)
+        affinity = S.category_affinity(state.last_viewed, catalog)
+        ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
+        now_ms, last = int(time.time() * 1000), frozenset(state.last_viewed)
+        feats = [assemble(item_id=c.item_id, catalog=catalog.get(c.item_id), item_stats=st,
+                          user_features=state.features, session_affinity=affinity,
+                          last_viewed=last, retrieval=c.retrieval, context=ctx, now_ms=now_ms,
+                          half_life_s=self.s.popularity_half_life_s)
+                 for c, st in zip(cands, stats, strict=True)]
+        return feats, catalog
+
+    def _order(self, cands: list[S.Candidate], feats: list[dict[str, Any]], probs: Any,
+               catalog: dict[str, dict[str, Any]], arm: str) -> list[S.Ranked]:
+        if probs is None:
+            return []
+        prices = [float((catalog.get(c.item_id) or {}).get("price", 0.0) or 0.0) for c in cands]
+        values = value_scores(probs, prices, self.s.value_revenue_weight, self.s.value_click_weight)
+        ranked = [S.Ranked(c.item_id, float(v), float(p[0]), float(p[1]), float(p[2]),
+                           tuple(c.sources), f)
+                  for c, f, p, v in zip(cands, feats, probs, values, strict=True)]
+        if arm == "popular":
+            ranked.sort(key=lambda r: -r.features["popular"])
+        elif arm != "random":
+            ranked.sort(key=lambda r: (-r.score, r.item_id))
+        for head, col in (("click", 0), ("cart", 1), ("purchase", 2)):
+            metrics.PREDICTED.labels(head).set(float(probs[:, col].mean()))
+        return ranked
+
+    def _from_cache(self, state: UserState, k: int, arm: str, version: str) -> list[S.Ranked] | None:
         c = state.cached
         if not c or c.get("ver") != state.session_version or c.get("arm") != arm \
-                or len(c.get("items", [])) < k or c.get("model") != self.model_version:
+                or len(c.get("items", [])) < k or c.get("model") != version:
             metrics.CACHE.labels("miss").inc()
             return None
         metrics.CACHE.labels("hit").inc()
-        return [S.Ranked(i, s, pc, pa, pp, tuple(src), {}) for i, s, pc, pa, pp, src in c["items"][:k]]
+        return [S.Ranked(i, s, pc, pa, pp, tuple(src), f, prop)
+                for i, s, pc, pa, pp, src, f, prop in c["items"][:k]]
 
-    def _store_cache(self, user_id: str, state: UserState, out: list[S.Ranked], arm: str) -> None:
+    def _store_cache(self, user_id: str, state: UserState, out: list[S.Ranked], arm: str,
+                     version: str) -> None:
         if self.s.cache_ttl_s <= 0 or arm == "random":
             return
         value: dict[str, Any] = {
-            "ver": state.session_version, "arm": arm, "model": self.model_version,
-            "items": [[r.item_id, r.score, r.p_click, r.p_cart, r.p_purchase, list(r.sources)]
-                      for r in out],
+            "ver": state.session_version, "arm": arm, "model": version,
+            "items": [[r.item_id, r.score, r.p_click, r.p_cart, r.p_purchase, list(r.sources),
+                       r.features, r.propensity] for r in out],
         }
         self.store.cache_result(user_id, value, self.s.cache_ttl_s)
 

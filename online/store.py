@@ -50,6 +50,8 @@ class StateStore(Protocol):
     def popular(self, n: int) -> list[tuple[str, float]]: ...
     def top_sellers(self, n: int) -> list[tuple[str, float]]: ...
     def catalog(self, item_id: str) -> dict[str, Any] | None: ...
+    def trending(self, categories: list[str], n: int) -> list[list[tuple[str, float]]]: ...
+    def new_items(self, n: int) -> list[tuple[str, float]]: ...
     def item_stats(self, items: list[str]) -> list[dict[str, Any] | None]: ...
     def cache_result(self, user_id: str, value: dict[str, Any], ttl_s: float) -> None: ...
 
@@ -100,6 +102,16 @@ class RedisStore:
 
     def top_sellers(self, n: int) -> list[tuple[str, float]]:
         rows = self.client.zrevrange(self.keys.top_sellers(), 0, n - 1, withscores=True)
+        return [(m.decode(), float(s)) for m, s in rows]
+
+    def trending(self, categories: list[str], n: int) -> list[list[tuple[str, float]]]:
+        pipe = self.client.pipeline(transaction=False)
+        for c in categories:
+            pipe.zrevrange(self.keys.trending(c), 0, n - 1, withscores=True)
+        return [[(m.decode(), float(s)) for m, s in rows] for rows in pipe.execute()]
+
+    def new_items(self, n: int) -> list[tuple[str, float]]:
+        rows = self.client.zrevrange(self.keys.new_items(), 0, n - 1, withscores=True)
         return [(m.decode(), float(s)) for m, s in rows]
 
     def item_stats(self, items: list[str]) -> list[dict[str, Any] | None]:

@@ -69,6 +69,10 @@ class Keys:
         """ZSET item -> log2 decayed short-horizon score within a category."""
         return f"{self.root}:trend:{category}"
 
+    def new_items(self) -> str:
+        """ZSET item -> first catalog time (ms): the newest items, trimmed (exploration pool)."""
+        return f"{self.root}:new:items"
+
     def embedding_changelog(self) -> str:
         """STREAM of embedding writes (the HNSW replicas follow it)."""
         return f"{self.root}:emb:log"

@@ -101,7 +101,19 @@ class Settings:
     top_sellers_refresh_s: float = 5.0
     surfaces: tuple[str, ...] = ("home", "pdp", "cart")
     ab_experiment: str = "default"
-    ab_arms: tuple[str, ...] = ("model",)  # users are hashed into these; policies: model, popular, random
+    # users are hashed into these arms; policies: model (promoted model, else heuristic),
+    # heuristic, popular, random
+    ab_arms: tuple[str, ...] = ("model",)
+    ranker_model: str = "mmoe"  # registry name of the ranker the scorer serves (hot-reloaded)
+    model_reload_s: float = 5.0
+    value_revenue_weight: float = 1.0  # value = w_rev * p_purchase * log1p(price) + w_click * p_click
+    value_click_weight: float = 1.0
+    explore_epsilon: float = 0.1  # epsilon-greedy on reserved slots, propensities logged
+    explore_slots: tuple[str, ...] = ("4", "9")
+    max_per_category: int = 4
+    max_per_brand: int = 3
+    ann_enabled: bool = True  # follow the embedding changelog into an HNSW replica
+    embedding_dim: int = 64
     # --- simulator ------------------------------------------------------------------------
     sim_seed: int = 7
     sim_users: int = 2000
@@ -260,9 +272,12 @@ def _validate(s: Settings) -> None:
         raise SettingsError("session_gap_s and popularity_half_life_s must be > 0")
     if not s.surfaces:
         raise SettingsError("surfaces must not be empty")
-    unknown_arms = set(s.ab_arms) - {"model", "popular", "random"}
+    unknown_arms = set(s.ab_arms) - {"model", "heuristic", "popular", "random"}
     if not s.ab_arms or unknown_arms:
-        raise SettingsError(f"ab_arms must be a non-empty list of model/popular/random, got {s.ab_arms}")
+        raise SettingsError(
+            f"ab_arms must be a non-empty list of model/heuristic/popular/random, got {s.ab_arms}")
+    if not 0.0 <= s.explore_epsilon <= 1.0 or not all(x.isdigit() for x in s.explore_slots):
+        raise SettingsError("explore_epsilon must be in [0, 1] and explore_slots positions (ints)")
 
 
 # ----------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class Coalesce(StatefulLogic[Any, Any, Snapshot]):
 
     def _hold(self, w: Write) -> None:
         member = next(iter(w.value)) if w.op == "zadd" and len(w.value) == 1 else ""
-        if w.op in ("zrem", "sadd"):
+        if w.op in ("zrem", "sadd", "ztrim"):
             member = str(w.value)
         key = ("z" if w.op in ("zadd", "zrem") else w.op, w.key, member)
         self.pending.pop(key, None)  # re-insert: emission order follows the latest write

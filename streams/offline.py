@@ -56,6 +56,10 @@ class StateImage:
             z.pop(w.value, None)
             if not z:
                 self.zsets.pop(w.key, None)
+        elif w.op == "ztrim":
+            z = self.zsets.get(w.key, {})
+            keep = sorted(z.items(), key=lambda kv: (kv[1], kv[0]))[-int(w.value):]
+            self.zsets[w.key] = dict(keep)
         elif w.op == "sadd":
             self.sets.setdefault(w.key, set()).add(w.value)
         else:

@@ -35,7 +35,7 @@ def materialize(value: Any) -> Any:
 
 
 class Write(NamedTuple):
-    op: str  # "set" | "zadd" | "zreplace" | "sadd" | "zrem"
+    op: str  # "set" | "zadd" | "zreplace" | "sadd" | "zrem" | "ztrim"
     key: str
     value: Any
     ingest_ms: int = 0  # Kafka timestamp of the event that caused it (freshness)
@@ -67,6 +67,8 @@ def apply_writes(client: redis.Redis, writes: list[Write], ttl_s: int | None = N
             pipe.sadd(w.key, w.value)
         elif w.op == "zrem":
             pipe.zrem(w.key, w.value)
+        elif w.op == "ztrim":  # keep the top ``value`` members by score
+            pipe.zremrangebyrank(w.key, 0, -int(w.value) - 1)
         else:
             raise ValueError(f"unknown state write op {w.op!r}")
     pipe.execute()

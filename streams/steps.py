@@ -171,6 +171,7 @@ def _zsets(cfg: StepConfig, item_id: str, st: IF.ItemState, ingest_ms: int) -> l
 # loaded at startup while the clickstream backlog is read too, so hot items can collect many
 # events before their row arrives; past this bound events go on without a category (counted).
 MAX_HELD = 10_000
+NEW_ITEMS_KEPT = 1000  # size of the newest-items pool
 
 
 def _release(st: IF.ItemState) -> list[UserTouch]:
@@ -188,12 +189,17 @@ def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
         if new is st:  # an older row than the one applied
             return new, []
         released = _release(new)
+        first_row = not (st and st.catalog_ms)
         new = replace(new, held=())
         row = codecs.encode({"title": x.title, "category": x.category, "brand": x.brand,
                              "price": x.price, "rating": x.rating, "active": x.active,
                              "updated": x.updated_ms})
         out: list[Write | UserTouch] = [Write("set", k.item_catalog(x.item_id), row, x.ingest_ms,
                                               "catalog")]
+        if first_row and x.active:  # a new item: into the (trimmed) newest-items pool
+            out.append(Write("zadd", k.new_items(), {x.item_id: float(x.updated_ms)}, x.ingest_ms,
+                             "new_items"))
+            out.append(Write("ztrim", k.new_items(), NEW_ITEMS_KEPT, x.ingest_ms, "new_items"))
         if new.n_events:  # the stats record carries catalog fields too: keep it current
             out.append(Write("set", k.item_features(x.item_id), Lazy(_encode_item, new, cfg.item),
                              x.ingest_ms, "item_stats"))

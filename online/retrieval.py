@@ -1,0 +1,157 @@
+"""Candidate retrieval: small pluggable sources, each with its own quota, latency and failure.
+
+A source that fails or has nothing is skipped (counted per source); only losing the user state
+itself sends a request to the fallback list. Each source returns ``[(item_id, score)]`` best
+first; ``online.scorer.merge_candidates`` merges them in priority order, de-duplicated and
+tagged with every source that proposed each item.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from online import metrics
+from online.scorer import combine_related
+from online.store import UserState
+
+log = logging.getLogger(__name__)
+Rows = list[tuple[str, float]]
+
+
+@dataclass
+class Query:
+    """What the sources know about the request."""
+
+    user_id: str
+    state: UserState
+    top_categories: list[str] = field(default_factory=list)  # user's preferred, best first
+    exclude: frozenset[str] = frozenset()
+
+
+class Source(Protocol):
+    name: str
+    quota: int
+
+    def fetch(self, q: Query) -> Rows: ...
+
+
+@dataclass
+class CovisitSource:
+    """Items co-viewed with the session's last-N viewed items (recency-weighted)."""
+
+    store: Any
+    quota: int = 200
+    name: str = "covisit"
+
+    def fetch(self, q: Query) -> Rows:
+        if not q.state.last_viewed:
+            return []
+        related = self.store.related(q.state.last_viewed, per_item=50)
+        return combine_related(related)[: self.quota]
+
+
+@dataclass
+class SessionAnnSource:
+    """Nearest neighbours (HNSW replica) of the pooled vectors of the recently viewed items,
+    most recent weighted most: the session's item2vec / two-tower neighbourhood."""
+
+    index: Callable[[], Any]  # -> AnnIndex | None (the follower's current index)
+    quota: int = 200
+    name: str = "ann"
+
+    def fetch(self, q: Query) -> Rows:
+        idx = self.index()
+        if idx is None or not q.state.last_viewed or not len(idx):
+            return []
+        vecs, weights = [], []
+        for rank, item in enumerate(q.state.last_viewed):
+            v = idx.get_vector(item)
+            if v is not None:
+                vecs.append(v)
+                weights.append(0.7**rank)
+        if not vecs:
+            return []
+        pooled = np.average(np.stack(vecs), axis=0, weights=weights)
+        if not np.any(pooled):
+            return []
+        return list(idx.query(pooled, self.quota, exclude=set(q.state.last_viewed)))
+
+
+@dataclass
+class TrendingSource:
+    """Trending items (short-horizon decayed views) in the user's preferred categories."""
+
+    store: Any
+    quota: int = 100
+    categories: int = 3
+    name: str = "trending"
+
+    def fetch(self, q: Query) -> Rows:
+        cats = q.top_categories[: self.categories]
+        if not cats:
+            return []
+        per = max(1, self.quota // len(cats))
+        lists = self.store.trending(cats, per)
+        # interleave categories, best first, so each preferred category gets a share
+        out: Rows = []
+        for i in range(per):
+            out.extend(rows[i] for rows in lists if i < len(rows))
+        return out[: self.quota]
+
+
+@dataclass
+class NewItemsSource:
+    """The newest catalog items: the exploration pool for cold-start items."""
+
+    store: Any
+    quota: int = 50
+    name: str = "new_items"
+
+    def fetch(self, q: Query) -> Rows:
+        return self.store.new_items(self.quota)
+
+
+@dataclass
+class PopularSource:
+    store: Any
+    quota: int = 200
+    name: str = "popular"
+
+    def fetch(self, q: Query) -> Rows:
+        return self.store.popular(self.quota)
+
+
+@dataclass
+class TopSellersSource:
+    """Global top sellers, from the in-memory fallback list (no I/O)."""
+
+    items: Callable[[], list[str]]
+    quota: int = 100
+    name: str = "top_sellers"
+
+    def fetch(self, q: Query) -> Rows:
+        return [(i, 1.0) for i in self.items()[: self.quota]]
+
+
+def retrieve(sources: Sequence[Source], q: Query) -> list[tuple[str, Rows]]:
+    """Run every source; a failing source is skipped and counted, never fatal."""
+    out = []
+    for src in sources:
+        t0 = time.perf_counter()
+        try:
+            rows = src.fetch(q)
+        except Exception as exc:  # noqa: BLE001 - one source failing must not fail the request
+            metrics.SOURCE_ERRORS.labels(src.name).inc()
+            log.debug("retrieval source %s failed: %s", src.name, exc)
+            rows = []
+        metrics.STAGE_LATENCY.labels(f"source_{src.name}").observe(time.perf_counter() - t0)
+        metrics.CANDIDATES.labels(src.name).observe(len(rows))
+        if rows:
+            out.append((src.name, rows))
+    return out
