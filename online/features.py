@@ -13,8 +13,10 @@ a model refuses features of another version.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from streams.features import decay_exponent  # pure; shared with the dataflow
 
 FEATURE_VERSION = 1
 
@@ -35,12 +37,56 @@ DENSE = (
 )
 
 
-def _log1p_decayed(log2_score: float | None, now_ms: int, half_life_s: float) -> float:
-    if log2_score is None:
-        return 0.0
-    from streams.features import decayed_value  # pure; shared with the dataflow
-
-    return math.log1p(decayed_value(log2_score, now_ms, half_life_s))
+def assemble_batch(
+    *,
+    item_ids: Sequence[str],
+    catalogs: Sequence[Mapping[str, Any] | None],
+    item_stats: Sequence[Mapping[str, Any] | None],
+    retrievals: Sequence[Mapping[str, float]],
+    user_features: Mapping[str, Any] | None,
+    session_affinity: Mapping[str, float],
+    last_viewed: frozenset[str] | set[str],
+    context: Mapping[str, str],
+    now_ms: int,
+    half_life_s: float,
+) -> list[dict[str, Any]]:
+    """All features of one user and context with many items at ``now_ms``. Pure and total:
+    missing state gives neutral values, never an error. User-level values are computed once."""
+    uf = user_features or {}
+    prefs = uf.get("pref") or {}
+    user_mean = float(uf.get("price_mean") or 0.0)
+    log_user_events = math.log1p(sum(int(v) for v in (uf.get("counts") or {}).values()))
+    country = str(uf.get("country") or context.get("country", ""))
+    surface, device = context.get("surface", ""), context.get("device", "")
+    now_exp = decay_exponent(now_ms, half_life_s)
+    out = []
+    for item_id, cat, stats, retrieval in zip(item_ids, catalogs, item_stats, retrievals, strict=True):
+        cat = cat or {}
+        stats = stats or {}
+        category = str(cat.get("category") or stats.get("cat") or "")
+        price = float(cat.get("price") or stats.get("price") or 0.0)
+        views = stats.get("views")
+        out.append({
+            "item_id": item_id,
+            "category": category,
+            "brand": str(cat.get("brand") or stats.get("brand") or ""),
+            "surface": surface,
+            "device": device,
+            "country": country,
+            "u_cat_pref": float(prefs.get(category, 0.0)),
+            "s_cat_aff": float(session_affinity.get(category, 0.0)),
+            "covisit": float(retrieval.get("covisit", 0.0)),
+            "popular": float(max(retrieval.get("popular", 0.0), retrieval.get("top_sellers", 0.0))),
+            "log_views": math.log1p(2.0 ** (views - now_exp)) if views is not None else 0.0,
+            "item_ctr": float(stats.get("ctr", 0.02)),
+            "item_cvr": float(stats.get("cvr", 0.05)),
+            "log_price": math.log1p(price),
+            "price_vs_user": math.log(price / user_mean) if price > 0 and user_mean > 0 else 0.0,
+            "log_user_events": log_user_events,
+            "in_session": 1.0 if item_id in last_viewed else 0.0,
+            "n_sources": float(len(retrieval)),
+        })
+    return out
 
 
 def assemble(
@@ -56,35 +102,11 @@ def assemble(
     now_ms: int,
     half_life_s: float,
 ) -> dict[str, Any]:
-    """All features of one (user, item, context) at ``now_ms``. Pure and total: missing state
-    gives neutral values, never an error."""
-    cat = catalog or {}
-    stats = item_stats or {}
-    uf = user_features or {}
-    category = str(cat.get("category") or stats.get("cat") or "")
-    price = float(cat.get("price") or stats.get("price") or 0.0)
-    user_mean = float(uf.get("price_mean") or 0.0)
-    counts = uf.get("counts") or {}
-    return {
-        "item_id": item_id,
-        "category": category,
-        "brand": str(cat.get("brand") or stats.get("brand") or ""),
-        "surface": context.get("surface", ""),
-        "device": context.get("device", ""),
-        "country": str(uf.get("country") or context.get("country", "")),
-        "u_cat_pref": float((uf.get("pref") or {}).get(category, 0.0)),
-        "s_cat_aff": float(session_affinity.get(category, 0.0)),
-        "covisit": float(retrieval.get("covisit", 0.0)),
-        "popular": float(max(retrieval.get("popular", 0.0), retrieval.get("top_sellers", 0.0))),
-        "log_views": _log1p_decayed(stats.get("views"), now_ms, half_life_s),
-        "item_ctr": float(stats.get("ctr", 0.02)),
-        "item_cvr": float(stats.get("cvr", 0.05)),
-        "log_price": math.log1p(price),
-        "price_vs_user": math.log(price / user_mean) if price > 0 and user_mean > 0 else 0.0,
-        "log_user_events": math.log1p(sum(int(v) for v in counts.values())),
-        "in_session": 1.0 if item_id in last_viewed else 0.0,
-        "n_sources": float(len(retrieval)),
-    }
+    """The features of one (user, item, context): ``assemble_batch`` with one item."""
+    return assemble_batch(item_ids=[item_id], catalogs=[catalog], item_stats=[item_stats],
+                          retrievals=[retrieval], user_features=user_features,
+                          session_affinity=session_affinity, last_viewed=last_viewed,
+                          context=context, now_ms=now_ms, half_life_s=half_life_s)[0]
 
 
 def dense_vector(features: Mapping[str, Any]) -> list[float]:

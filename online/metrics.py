@@ -19,4 +19,3 @@ SOURCE_ERRORS = Counter("recsys_serve_source_errors_total", "retrieval sources t
 IMPRESSIONS_DROPPED = Counter("recsys_serve_impressions_dropped_total",
                               "impressions not logged (Kafka queue full or down)")
 FALLBACK_SIZE = Gauge("recsys_serve_fallback_items", "items in the in-memory fallback list")
-CATALOG_SIZE = Gauge("recsys_serve_catalog_items", "catalog rows held in memory")

@@ -8,7 +8,10 @@ run several `recsys serve` processes on the same port (SO_REUSEPORT is on by def
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -20,7 +23,6 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from models.registry import default_root
-from online import metrics
 from online.ann.follower import IndexFollower
 from online.impressions import ImpressionLogger
 from online.ranking import ModelHolder, default_loader
@@ -28,7 +30,7 @@ from online.servicer import RecommendServicer
 from online.store import RedisStore, StateStore
 from proto import recommend_pb2, recommend_pb2_grpc
 from proto.keys import Keys
-from recsys.settings import Settings, resolve_redis_url
+from recsys.settings import Settings, resolve_redis_url, settings_to_env
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
@@ -57,7 +59,7 @@ class ScorerServer:
 
 
 class Refresher(threading.Thread):
-    """Keeps the fallback list and the in-memory catalog fresh; failures only log."""
+    """Keeps the in-memory fallback list fresh; failures only log."""
 
     def __init__(self, servicer: RecommendServicer, store: StateStore, interval_s: float) -> None:
         super().__init__(name="refresher", daemon=True)
@@ -67,9 +69,6 @@ class Refresher(threading.Thread):
     def refresh_once(self) -> None:
         try:
             self.servicer.fallback.refresh(self.store)
-            refresh = getattr(self.store, "refresh_catalog", None)
-            if refresh is not None:
-                metrics.CATALOG_SIZE.set(refresh())
         except Exception as exc:  # noqa: BLE001 - a dependency outage must not kill the server
             log.warning("state refresh failed (serving from last known state): %s", exc)
 
@@ -120,15 +119,43 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
     return ScorerServer(server, bound, servicer, health_servicer, refresher, models, follower)
 
 
-def serve(settings: Settings) -> int:
-    if settings.serve_metrics_port:
-        start_http_server(settings.serve_metrics_port, addr="127.0.0.1")
+def serve(settings: Settings, workers: int | None = None, worker_index: int = 0) -> int:
+    """Serve until SIGINT/SIGTERM. With ``workers`` > 1 this process starts ``workers - 1``
+    more `recsys serve` processes on the same port (SO_REUSEPORT: the kernel spreads
+    connections), one per core; worker i exposes metrics on ``serve_metrics_port + i``."""
+    _single_threaded_math()
+    workers = workers or settings.serve_workers
+    children = [subprocess.Popen([sys.executable, "-m", "recsys.cli.main", "serve",
+                                  "--worker-index", str(i)], env=settings_to_env(settings))
+                for i in range(1, workers)] if worker_index == 0 else []
+    metrics_port = settings.serve_metrics_port + worker_index if settings.serve_metrics_port else 0
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1")
     scorer = build_server(settings)
-    print(f"scorer: RecommendService on {settings.grpc_host}:{scorer.port} "
-          f"(health + reflection on); metrics on :{settings.serve_metrics_port}", flush=True)
+    print(f"scorer worker {worker_index}: RecommendService on {settings.grpc_host}:{scorer.port} "
+          f"(health + reflection on); metrics on :{metrics_port}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(1.0):
+        for child in children:
+            if child.poll() is not None:
+                log.error("scorer worker exited with %s; stopping", child.returncode)
+                stop.set()
+    for child in children:
+        child.terminate()
     scorer.stop()
+    for child in children:
+        child.wait(10)
     return 0
+
+
+def _single_threaded_math() -> None:
+    """One scorer process per core: keep torch / BLAS to one intra-op thread each."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass

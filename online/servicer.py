@@ -21,7 +21,7 @@ from online import metrics
 from online import retrieval as R
 from online import scorer as S
 from online.errors import InvalidArgument, grpc_errors
-from online.features import assemble
+from online.features import assemble_batch
 from online.impressions import ImpressionLogger
 from online.ranking import HeuristicRanker, ModelHolder, Ranker, value_scores
 from online.rerank import Exploration, diversify, explore
@@ -189,16 +189,16 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                   req: recommend_pb2.RecommendRequest, surface: str
                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         ids = [c.item_id for c in cands]
-        catalog = {i: row for i in ids + state.last_viewed if (row := self.store.catalog(i))}
-        stats = self.store.item_stats(ids)
+        stats, catalog = self.store.items(ids + state.last_viewed)
+        stats = stats[: len(ids)]
         affinity = S.category_affinity(state.last_viewed, catalog)
         ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
         now_ms, last = int(time.time() * 1000), frozenset(state.last_viewed)
-        feats = [assemble(item_id=c.item_id, catalog=catalog.get(c.item_id), item_stats=st,
-                          user_features=state.features, session_affinity=affinity,
-                          last_viewed=last, retrieval=c.retrieval, context=ctx, now_ms=now_ms,
-                          half_life_s=self.s.popularity_half_life_s)
-                 for c, st in zip(cands, stats, strict=True)]
+        feats = assemble_batch(
+            item_ids=ids, catalogs=[catalog.get(i) for i in ids], item_stats=stats,
+            retrievals=[c.retrieval for c in cands], user_features=state.features,
+            session_affinity=affinity, last_viewed=last, context=ctx, now_ms=now_ms,
+            half_life_s=self.s.popularity_half_life_s)
         return feats, catalog
 
     def _order(self, cands: list[S.Candidate], feats: list[dict[str, Any]], probs: Any,

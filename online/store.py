@@ -1,15 +1,16 @@
 """The scorer's only I/O: live state in Redis (swappable: the servicer takes any ``StateStore``).
 
 ``user_state`` is ONE pipelined round trip (session, features, purchased items, cached
-result). Catalog rows are held in process memory and refreshed from Redis in the background
-so ranking never waits on them; the fallback list (top sellers, else popular) likewise.
+result); ``items`` is one more (item stats, and catalog rows missing from the in-process
+catalog cache, which keeps rows ``catalog_ttl_s`` so a price change or deactivation reaches
+the scorer within that time). The fallback list is held in memory (``servicer.FallbackList``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
@@ -36,23 +37,14 @@ class UserState:
         return int(self.session.get("ver", 0)) if self.session else 0
 
 
-@dataclass
-class CatalogCache:
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def get(self, item_id: str) -> dict[str, Any] | None:
-        return self.rows.get(item_id)
-
-
 class StateStore(Protocol):
     def user_state(self, user_id: str) -> UserState: ...
     def related(self, items: list[str], per_item: int) -> list[list[tuple[str, float]]]: ...
     def popular(self, n: int) -> list[tuple[str, float]]: ...
     def top_sellers(self, n: int) -> list[tuple[str, float]]: ...
-    def catalog(self, item_id: str) -> dict[str, Any] | None: ...
+    def items(self, ids: list[str]) -> tuple[list[dict[str, Any] | None], dict[str, dict[str, Any]]]: ...
     def trending(self, categories: list[str], n: int) -> list[list[tuple[str, float]]]: ...
     def new_items(self, n: int) -> list[tuple[str, float]]: ...
-    def item_stats(self, items: list[str]) -> list[dict[str, Any] | None]: ...
     def cache_result(self, user_id: str, value: dict[str, Any], ttl_s: float) -> None: ...
 
 
@@ -65,14 +57,15 @@ def _decode(raw: bytes | None) -> dict[str, Any] | None:
 
 
 class RedisStore:
-    def __init__(self, url: str, keys: Keys, timeout_ms: float = 50.0) -> None:
+    def __init__(self, url: str, keys: Keys, timeout_ms: float = 50.0, catalog_ttl_s: float = 30.0,
+                 catalog_max: int = 2_000_000) -> None:
         self.keys = keys
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=timeout_ms / 1000.0, socket_connect_timeout=timeout_ms / 1000.0,
             health_check_interval=0,
         )
-        self._catalog = CatalogCache()
-        self._lock = threading.Lock()
+        self.catalog_ttl_s, self.catalog_max = catalog_ttl_s, catalog_max
+        self._catalog: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # --- request path ----------------------------------------------------------------------
     def user_state(self, user_id: str) -> UserState:
@@ -114,39 +107,33 @@ class RedisStore:
         rows = self.client.zrevrange(self.keys.new_items(), 0, n - 1, withscores=True)
         return [(m.decode(), float(s)) for m, s in rows]
 
-    def item_stats(self, items: list[str]) -> list[dict[str, Any] | None]:
-        if not items:
-            return []
-        raws = self.client.mget([self.keys.item_features(i) for i in items])
-        return [_decode(r) for r in raws]
-
-    def catalog(self, item_id: str) -> dict[str, Any] | None:
-        return self._catalog.get(item_id)
-
     def cache_result(self, user_id: str, value: dict[str, Any], ttl_s: float) -> None:
         self.client.set(self.keys.result_cache(user_id), codecs.encode(value), px=int(ttl_s * 1000))
 
-    # --- background refresh ----------------------------------------------------------------
-    def refresh_catalog(self, batch: int = 1000) -> int:
-        """Reload catalog rows into process memory (SCAN, never on the request path)."""
-        pattern = f"{self.keys.root}:{{i:*}}:cat"
-        rows: dict[str, dict[str, Any]] = {}
-        keys: list[bytes] = []
-        for key in self.client.scan_iter(match=pattern, count=batch):
-            keys.append(key)
-            if len(keys) >= batch:
-                self._load(keys, rows)
-                keys = []
-        self._load(keys, rows)
-        with self._lock:
-            self._catalog = CatalogCache(rows)
-        return len(rows)
-
-    def _load(self, keys: list[bytes], rows: dict[str, dict[str, Any]]) -> None:
-        if not keys:
-            return
-        for key, raw in zip(keys, self.client.mget(keys), strict=True):
-            value = _decode(raw)
-            if value is not None:
-                item = key.decode().split("{i:", 1)[1].rsplit("}:cat", 1)[0]
-                rows[item] = value
+    def items(self, ids: list[str]) -> tuple[list[dict[str, Any] | None], dict[str, dict[str, Any]]]:
+        """Item stats (always fresh) and catalog rows (in-process cache, filled on a miss, kept
+        ``catalog_ttl_s``) for ``ids`` in ONE pipelined round trip."""
+        now = time.monotonic()
+        catalog: dict[str, dict[str, Any]] = {}
+        misses = []
+        for i in ids:
+            hit = self._catalog.get(i)
+            if hit is not None and now - hit[0] < self.catalog_ttl_s:
+                catalog[i] = hit[1]
+            else:
+                misses.append(i)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([self.keys.item_features(i) for i in ids]) if ids else pipe.echo(b"")
+        if misses:
+            pipe.mget([self.keys.item_catalog(i) for i in misses])
+        res = pipe.execute()
+        stats = [_decode(r) for r in res[0]] if ids else []
+        if misses:
+            for item, raw in zip(misses, res[1], strict=True):
+                row = _decode(raw)
+                if row is not None:
+                    catalog[item] = row
+                    self._catalog[item] = (now, row)
+            if len(self._catalog) > self.catalog_max:
+                self._catalog.clear()  # crude bound; rows refill on demand
+        return stats, catalog

@@ -320,3 +320,18 @@ def resolve_redis_url(settings: Settings) -> str:
             f"(`recsys redis` or `recsys up`), which publishes {settings.state_dir / REDIS_FILE}"
         )
     return str(info["url"])
+
+
+def settings_to_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment giving a child process exactly these settings (RECSYS_* variables);
+    other RECSYS_* variables of ``base`` (default: this process's environment) are dropped."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith(ENV_PREFIX)}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, Secret):
+            value = value.get()
+        env[f"{ENV_PREFIX}{f.name.upper()}"] = str(value)
+    return env

@@ -21,7 +21,7 @@ import redis
 
 from recsys import kafka
 from recsys.embedded.redis_server import RedisServer
-from recsys.settings import Settings, load_settings
+from recsys.settings import Settings, load_settings, settings_to_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,14 +91,4 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 def settings_env(s: Settings) -> dict[str, str]:
     """The environment that gives a subprocess exactly these settings (RECSYS_* variables)."""
-    import dataclasses
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-    for f in dataclasses.fields(s):
-        value = getattr(s, f.name)
-        if isinstance(value, tuple):
-            value = ",".join(value)
-        elif hasattr(value, "get") and not isinstance(value, dict):
-            value = value.get()
-        env[f"RECSYS_{f.name.upper()}"] = str(value)
-    return env
+    return settings_to_env(s)

@@ -13,9 +13,12 @@ HELP = "run the gRPC scorer"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=None, help="gRPC port (default: settings.grpc_port)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="scorer processes on the same port, one per core (default: serve_workers)")
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.port is not None:
         settings = settings.replace(grpc_port=args.port)
-    return serve(settings)
+    return serve(settings, workers=args.workers, worker_index=args.worker_index)

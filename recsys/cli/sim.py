@@ -1,4 +1,11 @@
-"""Run the closed-loop simulator: shoppers browse, call Recommend, click by a hidden truth."""
+"""Run the closed-loop simulator: shoppers browse, call Recommend, react by a hidden truth.
+
+The shop (items, users, truth, behaviour, dynamics, speed, warm-up, oracle share) is
+configured by one TOML file (``--world FILE``; ``--print-world`` shows every knob and its
+default). Sim time runs ``--speed`` times faster than wall time and ends at wall "now".
+The report compares the A/B arms (``--set ab_arms=model,popular,random``) and the
+simulator's own ``oracle`` arm, after ``--warmup-s`` wall seconds, with 95% CIs.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import start_http_server
 
 from recsys.settings import Settings
+from sim.config import SimConfigError, load_config
 from sim.simulator import Simulator
 
 NAME = "sim"
@@ -20,27 +29,75 @@ HELP = "closed-loop shopper simulator (the demo and load driver)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--duration", type=float, default=0, help="seconds (0 = until Ctrl-C)")
-    p.add_argument("--rate", type=float, default=None, help="shopper visits/s (settings default)")
-    p.add_argument("--k", type=int, default=10, help="items requested per homepage visit")
+    p.add_argument("--duration", type=float, default=0, help="wall seconds (0 = until Ctrl-C)")
+    p.add_argument("--rate", type=float, default=None, help="sessions per wall second (settings default)")
+    p.add_argument("--k", type=int, default=None, help="items per homepage list (world file default)")
     p.add_argument("--address", default=None, help="scorer host:port (default from settings)")
     p.add_argument("--report", type=Path, default=None, help="write a JSON report here")
     p.add_argument("--quiet", action="store_true", help="no live status line")
+    p.add_argument("--world", type=Path, default=None, help="TOML file of world / behaviour knobs")
+    p.add_argument("--speed", type=float, default=None, help="sim seconds per wall second")
+    p.add_argument("--warmup-s", type=float, default=None, help="wall seconds excluded from arm stats")
+    p.add_argument("--oracle-share", type=float, default=None, help="share of users the oracle serves")
+    p.add_argument("--print-world", action="store_true", help="print the effective world file and exit")
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> Any:
+    cfg = load_config(settings, args.world)
+    run = {k: v for k, v in (("speed", args.speed), ("warmup_s", args.warmup_s),
+                             ("oracle_share", args.oracle_share), ("k", args.k)) if v is not None}
+    return cfg.with_(run=run)
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [f"sim {report.get('sim_hours', 0):.2f} h, {report['events']} events, "
+             f"{report['requests']} requests ({report['rpc_errors']} errors), "
+             f"p50 {report['rpc_p50_ms']:.1f} ms p99 {report['rpc_p99_ms']:.1f} ms"]
+    for name, a in report["arms"].items():
+        lo, hi = a["ctr_ci95"]
+        lines.append(f"  {name:8s} imps {a['impressions']:>7}  CTR {a['ctr']:.4f} [{lo:.4f}, {hi:.4f}]"
+                     f"  expected {a['ctr_expected']:.4f}  best {a['best_ctr']:.4f}"
+                     f"  of-best {a['oracle_fraction']:.2f}  cart {a['cart_rate']:.4f}"
+                     f"  rev/mille {a['revenue_per_mille']:.1f}")
+    for name, c in report.get("comparisons", {}).items():
+        lo, hi = c["ctr_diff_ci95"]
+        ratio = f"  ratio {c['ctr_ratio']:.3f}" if "ctr_ratio" in c else ""
+        lines.append(f"  {name:18s} diff {c['ctr_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]{ratio}")
+    return "\n".join(lines)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        cfg = _config(settings, args)
+    except SimConfigError as exc:
+        print(f"recsys sim: {exc}", file=sys.stderr)
+        return 2
+    if args.print_world:
+        print(cfg.to_toml())
+        return 0
     address = args.address or f"{settings.grpc_host}:{settings.grpc_port}"
     rate = args.rate or settings.sim_shoppers_per_s
     if settings.sim_metrics_port:
         start_http_server(settings.sim_metrics_port, addr="127.0.0.1")
-    sim = Simulator(settings, address, k=args.k)
+    sim = Simulator(settings, address, config=cfg)
     n = sim.publish_catalog()
-    print(f"simulator: {settings.sim_users} users, {n} items published to "
-          f"{settings.topic('catalog')}; {rate:g} shoppers/s against {address}", flush=True)
+    w = sim.world
+    print(f"simulator: {len(w.users)} users ({sum(u.bot for u in w.users)} bots), {n} items published "
+          f"to {settings.topic('catalog')}; {rate:g} sessions/s at {cfg.run.speed:g}x against {address}; "
+          f"arms {','.join(settings.ab_arms)} + oracle ({cfg.run.oracle_share:.0%} of users); "
+          f"warm-up {cfg.run.warmup_s:g}s", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    worker = threading.Thread(target=sim.run, args=(rate, args.duration, stop), daemon=True)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            sim.run(rate, args.duration, stop)
+        except Exception as exc:  # noqa: BLE001 - reported below, exit code 1
+            errors.append(exc)
+
+    worker = threading.Thread(target=target, daemon=True)
     t0 = time.monotonic()
     worker.start()
     last_events, last_t = 0, t0
@@ -53,12 +110,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         eps = (rep["events"] - last_events) / max(now - last_t, 1e-6)
         last_events, last_t = rep["events"], now
         sys.stdout.write(
-            f"\r[sim {now - t0:6.0f}s] events {rep['events']:>8} ({eps:6.0f}/s)  "
-            f"recs {rep['requests']:>6}  p99 {rep['rpc_p99_ms']:6.1f} ms  "
-            f"errors {rep['rpc_errors']}  CTR {rep['ctr']:.3f}   ")
+            f"\r[sim {now - t0:6.0f}s | {rep['sim_hours']:6.2f} sim h] events {rep['events']:>8} "
+            f"({eps:6.0f}/s)  recs {rep['requests']:>6}  p99 {rep['rpc_p99_ms']:6.1f} ms  "
+            f"errors {rep['rpc_errors']}  CTR {rep['ctr']:.3f}  "
+            f"pending buys {rep.get('purchases_pending', 0)} ")
         sys.stdout.flush()
+    if errors:
+        print(f"\nrecsys sim: {errors[0]}", file=sys.stderr)
+        return 1
     report = sim.report()
-    print(f"\nsimulator done: {json.dumps({k: v for k, v in report.items() if k != 'arms'})}")
+    print(f"\nsimulator done: {summary(report)}", flush=True)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2))

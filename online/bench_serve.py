@@ -1,0 +1,155 @@
+"""Serving benchmark: Recommend (full two-stage path) vs a bare gRPC echo, same framework.
+
+1. loads ``--items`` items into Redis: catalog rows, item stats, popularity, top sellers,
+   trending per category, new items, co-visitation lists, user sessions and features, and a
+   64-d vector per item (embedding store + changelog); builds the HNSW snapshot the scorer
+   loads; registers a multi-task ranker (the promoted `mmoe` of the state dir if there is one,
+   else an untrained MMoE: latency is what is measured);
+2. starts `recsys serve` and, separately, the echo server; drives open-loop load at rising
+   rates against each (``sim.loadtest``) and finds the highest rate with p99 <= ``--slo-ms``
+   and no errors; measures p50/p99 at half of Recommend's max; reads per-stage p99s from
+   the scorer's metrics.
+Starts an embedded broker and redis unless RECSYS_KAFKA_BOOTSTRAP / RECSYS_REDIS_URL are set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from online.bench_data import load_items, prepare_ranker
+from online.echo import EchoProcess
+from recsys import supervisor as sv
+from recsys.embedded.broker import EmbeddedBroker
+from recsys.embedded.redis_server import RedisServer, free_port
+from recsys.settings import Settings, settings_to_env
+from sim.loadtest import LoadResult, recommend_requests, run_open_loop
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--rates", default="100,200,300,400,500,600,800,1000",
+                   help="comma-separated Recommend rates to try, rising")
+    p.add_argument("--echo-rates", default="500,1000,1500,2000,2500,3000,4000")
+    p.add_argument("--step-s", type=float, default=8.0, help="seconds per rate")
+    p.add_argument("--slo-ms", type=float, default=50.0, help="p99 bound for a rate to count")
+    p.add_argument("--workers", type=int, default=1, help="scorer processes (SO_REUSEPORT)")
+    p.add_argument("--no-ann", action="store_true", help="skip vectors / the HNSW source")
+    p.add_argument("--report", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=3)
+
+
+def max_rate(address: str, target: str, rates: list[float], step_s: float, slo_ms: float,
+             make_request: Any) -> tuple[float, list[dict[str, Any]]]:
+    best, runs = 0.0, []
+    for rps in rates:
+        res: LoadResult = run_open_loop(target, address, rps, step_s, make_request)
+        rep = res.report()
+        ok = rep["errors"] == 0 and rep["p99_ms"] <= slo_ms and rep["achieved_rps"] >= 0.95 * rps
+        runs.append({"rps": rps, "ok": ok, **{k: rep[k] for k in ("achieved_rps", "p50_ms", "p99_ms",
+                                                                "errors", "degraded_rate")}})
+        print(f"  {target:9s} {rps:6.0f} rps: achieved {rep['achieved_rps']:7.1f}, "
+              f"p50 {rep['p50_ms']:6.1f} ms, p99 {rep['p99_ms']:7.1f} ms, errors {rep['errors']}, "
+              f"degraded {rep['degraded_rate']:.3f} {'ok' if ok else 'OVER'}", flush=True)
+        if not ok:
+            break
+        best = rps
+    return best, runs
+
+
+def stage_p99(before: sv.Samples, after: sv.Samples) -> dict[str, float]:
+    stages = {lab["stage"] for lab, _ in after.get("recsys_serve_stage_seconds_bucket", [])}
+    out = {}
+    for stage in sorted(stages):
+        def only(s: sv.Samples, st: str = stage) -> sv.Samples:
+            return {"h_bucket": [(lab, v) for lab, v in s.get("recsys_serve_stage_seconds_bucket", [])
+                                 if lab.get("stage") == st]}
+        q = sv.histogram_quantile(0.99, only(after), only(before), "h")
+        if q is not None:
+            out[stage] = round(q * 1000, 2)
+    return out
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-serve-") as tmp:
+        s = settings.replace(state_dir=tmp, redis_prefix="bs", topic_prefix="bs.",
+                             candidates=args.candidates, ann_enabled=not args.no_ann,
+                             grpc_port=free_port(), serve_metrics_port=free_port(),
+                             cache_ttl_s=0.0)  # measure the full path, not the result cache
+        broker = rds = None
+        if not settings.kafka_bootstrap:
+            broker = EmbeddedBroker(s)
+            s = s.replace(kafka_bootstrap=broker.bootstrap)
+        if not settings.redis_url:
+            rds = RedisServer(Path(tmp) / "redis", persist=False)
+            s = s.replace(redis_url=rds.url)
+        try:
+            return _run(s, settings, args)
+        finally:
+            if rds:
+                rds.stop()
+            if broker:
+                broker.close()
+
+
+def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
+    client = redis.Redis.from_url(s.redis_url)
+    t0 = time.perf_counter()
+    loaded = load_items(client, s, args.items, args.users, with_vectors=not args.no_ann,
+                        seed=args.seed)
+    print(f"loaded {args.items} items / {args.users} users in {time.perf_counter() - t0:.0f}s: "
+          f"{loaded}", flush=True)
+    model = prepare_ranker(s, original)
+    print(f"ranker: {model}", flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli.main", "serve",
+                             "--workers", str(args.workers)], env=settings_to_env(s))
+    address = f"127.0.0.1:{s.grpc_port}"
+    try:
+        sv.wait_until(lambda: bool(sv.scrape(s.serve_metrics_port)), 600, "the scorer", None, 0.5)
+        make = recommend_requests(users=args.users, k=args.k, seed=args.seed)
+        run_open_loop("recommend", address, 20, 5, make)  # warm up (connections, caches)
+        before = sv.scrape(s.serve_metrics_port)
+        rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
+                                     args.slo_ms, make)
+        after = sv.scrape(s.serve_metrics_port)
+        half = max(rec_max / 2, 10.0)
+        rep = run_open_loop("recommend", address, half, args.step_s * 2, make).report()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    with EchoProcess() as echo:
+        echo_max, echo_runs = max_rate(echo.address, "echo", _rates(args.echo_rates), args.step_s,
+                                       args.slo_ms, None)
+    report = {
+        "items": args.items, "candidates": args.candidates, "echo_max_rps": echo_max,
+        "recommend_max_rps": rec_max, "ratio": round(rec_max / echo_max, 4) if echo_max else None,
+        "p50_ms": rep["p50_ms"], "p99_ms": rep["p99_ms"], "half_load_rps": half,
+        "half_load_degraded_rate": rep["degraded_rate"], "stage_p99_ms": stage_p99(before, after),
+        "cores": os.cpu_count(), "workers": args.workers, "slo_ms": args.slo_ms, "model": model,
+        "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,
+        "echo_runs": echo_runs,
+    }
+    print(json.dumps({k: v for k, v in report.items() if not k.endswith("_runs")}, indent=2))
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _rates(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+__all__ = ["add_arguments", "run"]
