@@ -114,6 +114,16 @@ class Settings:
     max_per_brand: int = 3
     ann_enabled: bool = True  # follow the embedding changelog into an HNSW replica
     embedding_dim: int = 64
+    # --- embeddings dataflow (incremental item2vec) ----------------------------------------
+    embeddings_metrics_port: int = 9105
+    item2vec_window: int = 5
+    item2vec_batch_sessions: int = 64
+    item2vec_flush_ms: int = 500
+    item2vec_session_emit: int = 10
+    cold_start_min_interactions: int = 20
+    embeddings_min_change: float = 1e-3
+    embeddings_write_interval_ms: int = 1000
+    embeddings_model_check_s: float = 30.0
     # --- simulator ------------------------------------------------------------------------
     sim_seed: int = 7
     sim_users: int = 2000

@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 
 from recsys.settings import Settings
 from streams import metrics
+from streams.embeddings_flow import build_embeddings_flow
 from streams.features_flow import build_flow
 from streams.labels_flow import build_label_flow
 
@@ -23,6 +24,7 @@ FLOWS = {
     # name: (builder, input topics, metrics port setting)
     "features": (build_flow, ("clickstream", "catalog", "users", "impressions"), "stream_metrics_port"),
     "labels": (build_label_flow, ("impressions", "clickstream"), "labels_metrics_port"),
+    "embeddings": (build_embeddings_flow, ("clickstream", "catalog"), "embeddings_metrics_port"),
 }
 
 log = logging.getLogger(__name__)

@@ -78,6 +78,8 @@ def settings(broker: dict, redis_server: RedisServer, stack_dir: Path) -> Settin
         stream_metrics_port=0,
         serve_metrics_port=0,
         sim_metrics_port=0,
+        labels_metrics_port=0,
+        embeddings_metrics_port=0,
         grpc_port=0,
     )
     kafka.ensure_topics(s, s.all_topics(), s.partitions)

@@ -69,8 +69,9 @@ def test_click_to_fresh_recommendation_through_live_dataflow(settings, tmp_path)
 
 def test_up_runs_the_closed_loop_and_reports(tmp_path: Path):
     report = tmp_path / "report.json"
-    ports = {"grpc_port": free_port(), "serve_metrics_port": free_port(), "labels_metrics_port": free_port(),
-             "stream_metrics_port": free_port(), "sim_metrics_port": free_port()}
+    names = ("grpc_port", "serve_metrics_port", "stream_metrics_port", "sim_metrics_port",
+             "labels_metrics_port", "embeddings_metrics_port")
+    ports = {name: free_port() for name in names}
     sets = [a for k, v in ports.items() for a in ("--set", f"{k}={v}")]
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RECSYS_")}
     out = subprocess.run(

@@ -1,5 +1,6 @@
 """Run a dataflow: `features` (clickstream, catalog, users, impressions -> Redis state, bad input
--> dead letters) or `labels` (impressions joined with actions -> training examples)."""
+-> dead letters), `labels` (impressions joined with actions -> training examples) or
+`embeddings` (incremental item2vec -> item vectors + changelog for the HNSW replicas)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from recsys.settings import Settings
 from streams.runner import FLOWS, run_stream
 
 NAME = "stream"
-HELP = "run a Bytewax dataflow (features or labels)"
+HELP = "run a Bytewax dataflow (features, labels or embeddings)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", choices=sorted(FLOWS), default="features",
-                   help="features (state for the scorer) or labels (training examples)")
+                   help="features (live state), labels (training examples), embeddings (item vectors)")
     p.add_argument("--workers", type=int, default=None, help="worker threads in this process")
     p.add_argument("--process-id", type=int, default=None, help="this process's index (cluster)")
     p.add_argument("--addresses", default=None,
@@ -26,8 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     addresses = args.addresses.split(",") if args.addresses else None
     _builder, topics, _port = FLOWS[args.flow]
-    target = (f"redis (prefix {settings.redis_prefix!r}), bad input -> {settings.topic('dead_letter')}"
-              if args.flow == "features" else settings.topic("training"))
+    target = {
+        "features": f"redis (prefix {settings.redis_prefix!r}), bad input -> "
+                    f"{settings.topic('dead_letter')}",
+        "labels": settings.topic("training"),
+        "embeddings": "item vectors in redis + the embedding changelog (HNSW replicas follow it)",
+    }.get(args.flow, "")
     print(f"{args.flow} dataflow: {', '.join(settings.topic(t) for t in topics)} -> {target}; "
           f"recovery {'on' if settings.stream_recovery else 'off'}", flush=True)
     run_stream(settings, flow_id=args.flow, workers=args.workers, process_id=args.process_id,

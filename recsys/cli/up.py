@@ -131,6 +131,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"[up] {r.tail(1)}", flush=True)
         stream = start("stream", "stream")
         start("labels", "stream", "--flow", "labels")
+        start("embeddings", "stream", "--flow", "embeddings")
         scorer = start("serve", "serve")
         sv.wait_until(lambda: _healthy(address), 60, f"the scorer on {address}", scorer)
         print(f"[up] scorer SERVING on {address}; dataflow running (logs in {logs})", flush=True)
