@@ -142,8 +142,8 @@ class ModelRegistry:
     ) -> str:
         """Store a new immutable version; returns its name ("v<n>"). Does not promote it.
 
-        ``path_or_state``: a model file (copied), a folder (its contents copied) or a mapping
-        (a state dict / checkpoint dict, written with ``torch.save``).
+        ``path_or_state``: a model file (copied as ``model_filename``), a folder (its contents
+        copied) or a mapping (a state dict / checkpoint dict, written with ``torch.save``).
         """
         d = self.model_dir(name)
         d.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ class ModelRegistry:
             else:
                 src = Path(path_or_state)
                 if src.is_file():
-                    model_file = src.name
+                    model_file = model_filename
                     shutil.copy2(src, tmp / model_file)
                 elif src.is_dir():
                     shutil.copytree(src, tmp, dirs_exist_ok=True)

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -273,14 +274,11 @@ def run(
         f"(POP {out['pop_p_at_20']:.2f}/{out['pop_mrr_at_20']:.2f}) train {out['train_s']}s")
     if registry_root is not None:
         reg = ModelRegistry(registry_root)
-        tmp = Path(registry_root) / ".staging" / f"two_tower-{time.time_ns()}.pt"
-        res.model.save(tmp, extra={"dataset": str(dataset)})
-        try:
-            headline = {k: out[k] for k in ("model", "p_at_20", "mrr_at_20", "ndcg_at_20",
-                                            "train_s", "device", "dataset")}
+        headline = {k: out[k] for k in ("model", "p_at_20", "mrr_at_20", "ndcg_at_20",
+                                        "train_s", "device", "dataset")}
+        with tempfile.TemporaryDirectory() as staging:
+            tmp = res.model.save(Path(staging) / "model.pt", extra={"dataset": str(dataset)})
             version = reg.register("two_tower", tmp, headline, res.model.config.to_dict())
-        finally:
-            tmp.unlink(missing_ok=True)
         out["registry"] = {"root": str(registry_root), "name": "two_tower", "version": version,
                            "promoted": promote}
         if promote:

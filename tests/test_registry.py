@@ -29,7 +29,8 @@ def test_register_creates_numbered_complete_versions(tmp_path: Path) -> None:
     assert mv.model_file.read_bytes() == b"weights a"
     assert mv.metrics == {"p_at_20": 60.0} and mv.config == {"dim": 64}
     manifest = json.loads((mv.path / "manifest.json").read_text())
-    assert manifest["version"] == "v1" and "src-a.pt" in manifest["files"]
+    assert manifest["version"] == "v1" and "model.pt" in manifest["files"]
+    assert mv.model_file.name == "model.pt"
     assert reg.current("tt") is None  # registering does not promote
     assert not list((tmp_path / "models" / "tt").glob(".tmp-*"))
 
