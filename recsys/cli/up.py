@@ -12,6 +12,7 @@ import argparse
 import json
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -96,8 +97,33 @@ class Status:
         }
 
 
+PORT_SETTINGS = ("grpc_port", "serve_metrics_port", "stream_metrics_port", "labels_metrics_port",
+                 "embeddings_metrics_port", "sim_metrics_port")
+
+
+def busy_ports(settings: Settings) -> list[str]:
+    """Port settings whose port cannot be bound on localhost (another process holds it)."""
+    busy = []
+    for name in PORT_SETTINGS:
+        port = getattr(settings, name)
+        if not port:
+            continue
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"{name}={port}")
+    return busy
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     t_start = time.monotonic()
+    busy = busy_ports(settings)
+    if busy:
+        print(f"[up] error: port(s) already in use: {', '.join(busy)}. Stop what holds them or "
+              f"choose others, e.g. --set {busy[0].split('=')[0]}=<free port>", file=sys.stderr)
+        return 2
     state = Path(settings.state_dir)
     logs = state / "logs"
     g = _global_args(settings, args)
