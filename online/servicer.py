@@ -59,6 +59,30 @@ def validate_request(req: recommend_pb2.RecommendRequest, s: Settings) -> tuple[
     return (req.k or s.k_default), surface
 
 
+EVENT_TIME_HEADER = "x-recsys-event-time-ms"
+
+
+def event_time_ms(context: grpc.ServicerContext, s: Settings) -> int:
+    """The request's event time: wall time, unless the caller sends ``x-recsys-event-time-ms``
+    metadata (a simulator running a faster clock, a replay) within the allowed skew. The
+    impression is stamped with it, so the label join attributes that caller's clicks."""
+    now = int(time.time() * 1000)
+    try:
+        meta = dict(context.invocation_metadata() or ())
+    except (AttributeError, TypeError):
+        return now
+    raw = meta.get(EVENT_TIME_HEADER)
+    if raw is None:
+        return now
+    try:
+        t = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{EVENT_TIME_HEADER} must be an integer (ms), got {raw!r}") from None
+    if t > now + s.max_event_skew_s * 1000:
+        raise InvalidArgument(f"{EVENT_TIME_HEADER} {t} is too far in the future")
+    return t
+
+
 class FallbackList:
     """Top sellers (else popular items) held in memory, refreshed in the background."""
 
@@ -110,18 +134,19 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                   ) -> recommend_pb2.RecommendResponse:
         t0 = time.perf_counter()
         k, surface = validate_request(request, self.s)
+        now_ms = event_time_ms(context, self.s)
         request_id = request.request_id or uuid.uuid4().hex
         arm = assign_arm(request.user_id, self.s.ab_experiment, self.s.ab_arms)
         degraded, reason, version = False, "", "fallback"
         try:
-            ranked, version = self._recommend(request, k, arm, surface, t0)
+            ranked, version = self._recommend(request, k, arm, surface, t0, now_ms)
         except Exception as exc:  # noqa: BLE001 - any failure degrades, never errors
             degraded, reason = True, f"{type(exc).__name__}: {exc}"[:200]
             metrics.FALLBACKS.labels(type(exc).__name__).inc()
             ranked = self._fallback(k, set(request.exclude_item_ids))
         resp = recommend_pb2.RecommendResponse(
             request_id=request_id, model_version=version, experiment=self.s.ab_experiment, arm=arm,
-            degraded=degraded, degraded_reason=reason, served_at_ms=int(time.time() * 1000))
+            degraded=degraded, degraded_reason=reason, served_at_ms=now_ms)
         for pos, r in enumerate(ranked):
             resp.items.append(recommend_pb2.ScoredItem(
                 item_id=r.item_id, score=r.score, position=pos, sources=list(r.sources),
@@ -142,7 +167,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         return now
 
     def _recommend(self, req: recommend_pb2.RecommendRequest, k: int, arm: str, surface: str,
-                   t0: float) -> tuple[list[S.Ranked], str]:
+                   t0: float, now_ms: int) -> tuple[list[S.Ranked], str]:
         t = time.perf_counter()
         state = self.store.user_state(req.user_id)
         t = self._check(t0, "user_state", t)
@@ -159,7 +184,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         if arm == "random":
             with self._rng_lock:
                 self._rng.shuffle(cands)
-        feats, catalog = self._features(cands, state, req, surface)
+        feats, catalog = self._features(cands, state, req, surface, now_ms)
         t = self._check(t0, "features", t)
         probs = ranker.predict(feats) if cands else None
         t = self._check(t0, "ranking", t)
@@ -186,14 +211,14 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         return self.sources
 
     def _features(self, cands: list[S.Candidate], state: UserState,
-                  req: recommend_pb2.RecommendRequest, surface: str
+                  req: recommend_pb2.RecommendRequest, surface: str, now_ms: int
                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         ids = [c.item_id for c in cands]
         stats, catalog = self.store.items(ids + state.last_viewed)
         stats = stats[: len(ids)]
         affinity = S.category_affinity(state.last_viewed, catalog)
         ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
-        now_ms, last = int(time.time() * 1000), frozenset(state.last_viewed)
+        last = frozenset(state.last_viewed)
         feats = assemble_batch(
             item_ids=ids, catalogs=[catalog.get(i) for i in ids], item_stats=stats,
             retrievals=[c.retrieval for c in cands], user_features=state.features,

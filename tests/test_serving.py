@@ -194,3 +194,20 @@ def test_hot_reload_swaps_the_promoted_model_without_failing_requests(world, tmp
         srv.stop(0)
     assert holder.loaded_version == "v1" and not errors
     assert {"heuristic-v1", "mmoe-v1"} <= versions
+
+
+def test_event_time_metadata_stamps_the_response_and_bad_values_are_rejected(world):
+    srv = build_server(world, port=0, log_impressions=False)
+    try:
+        stub = _stub(srv)
+        t = NOW - 3 * 3600_000  # a simulator whose clock runs 3 h behind wall time
+        resp = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=3), timeout=5,
+                              metadata=(("x-recsys-event-time-ms", str(t)),))
+        assert resp.served_at_ms == t and not resp.degraded
+        for bad in ("soon", str(NOW + 10 * 86400_000)):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=3), timeout=5,
+                               metadata=(("x-recsys-event-time-ms", bad),))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        srv.stop(0)

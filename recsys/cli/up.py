@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0 = Ctrl-C)")
     p.add_argument("--report", type=Path, default=None, help="write a JSON report here at the end")
     p.add_argument("--rate", type=float, default=None, help="simulated shoppers per second")
+    p.add_argument("--speed", type=float, default=None, help="simulator clock speed (x wall time)")
+    p.add_argument("--warmup-s", type=float, default=None, help="simulator warm-up excluded from arms")
+    p.add_argument("--world", default=None, help="simulator world TOML (see `recsys sim --print-world`)")
 
 
 def _global_args(settings: Settings, args: argparse.Namespace) -> list[str]:
@@ -164,8 +167,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         sim_s = max(args.duration - (time.monotonic() - t_start), 5.0) if args.duration else 0
         sim_argv = ["sim", "--quiet", "--duration", f"{sim_s:.1f}",
                     "--report", str(state / "sim-report.json")]
-        if args.rate:
-            sim_argv += ["--rate", str(args.rate)]
+        for flag, value in (("--rate", args.rate), ("--speed", args.speed),
+                            ("--warmup-s", args.warmup_s), ("--world", args.world)):
+            if value is not None:
+                sim_argv += [flag, str(value)]
         sim = start("sim", *sim_argv)
         print("[up] simulator started; Ctrl-C stops everything", flush=True)
         while not stop.wait(1.0):
@@ -220,5 +225,7 @@ def _report(state: Path, status: Status, stream: sv.Child) -> dict[str, Any]:
         "max_stream_lag": status.max_lag,
         "sim_requests": sim.get("requests", 0),
         "arms": sim.get("arms", {}),
+        "comparisons": sim.get("comparisons", {}),
+        "sim_hours": sim.get("sim_hours", 0.0),
         "stream_restarts": stream.restarts,
     }

@@ -1,0 +1,182 @@
+"""The simulator's books: per-arm outcomes, confidence intervals, the JSON report, metrics.
+
+CTR confidence intervals: ``ctr_ci95`` is a normal interval with a CLUSTER-robust standard
+error (clusters = users: arms are assigned per user, and one user's impressions are
+correlated), ``ctr_ci95_wilson`` treats impressions as independent (narrower, optimistic).
+Comparisons (``model_vs_popular`` ...) give the CTR difference with a normal CI from the two
+cluster-robust errors, and the CTR ratio with a delta-method CI on the log scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from sim.histogram import Histogram as LatencyHistogram
+
+EVENTS = Counter("recsys_sim_events_total", "events produced by the simulator", ["type"])
+RPC = Histogram("recsys_sim_rpc_seconds", "Recommend latency seen by the simulator",
+                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0))
+RPC_ERRORS = Counter("recsys_sim_rpc_errors_total", "failed Recommend calls", ["code"])
+SHOWN = Counter("recsys_sim_impressions_total", "items the scorer showed to simulated humans", ["arm"])
+CLICKS = Counter("recsys_sim_clicks_total", "clicks of simulated humans on scorer lists", ["arm"])
+SIM_TIME = Gauge("recsys_sim_time_seconds", "the simulated clock (unix seconds)")
+PENDING = Gauge("recsys_sim_pending_purchases", "purchases drawn but not yet due (delayed)")
+
+Z95 = 1.959964
+COMPARISONS = (("model", "popular"), ("model", "random"), ("popular", "random"),
+               ("model", "oracle"), ("popular", "oracle"), ("random", "oracle"))
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> list[float]:
+    if n <= 0:
+        return [0.0, 0.0]
+    p = successes / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [max(0.0, mid - half), min(1.0, mid + half)]
+
+
+def cluster_se(per_user: dict[str, list[int]], ratio: float) -> float:
+    """Standard error of a ratio of sums (clicks / impressions) with user clusters."""
+    n = sum(v[0] for v in per_user.values())
+    g = len(per_user)
+    if n <= 0 or g < 2:
+        return 0.0
+    ss = sum((v[1] - ratio * v[0]) ** 2 for v in per_user.values())
+    return math.sqrt(ss * g / (g - 1)) / n
+
+
+@dataclass
+class ArmStats:
+    requests: int = 0
+    impressions: int = 0
+    clicks: int = 0
+    carts: int = 0
+    purchases: int = 0  # emitted (delayed purchases count when they happen)
+    purchases_pending: int = 0  # drawn, not yet due
+    revenue: float = 0.0
+    expected_clicks: float = 0.0  # sum of the true p_click of what was shown
+    best_clicks: float = 0.0  # oracle's expected clicks for the same slots, same users, same time
+    best_capped_clicks: float = 0.0  # ... with at most run.diagnostic_category_cap per category
+    degraded: int = 0
+    retired_shown: int = 0
+    per_user: dict[str, list[int]] = field(default_factory=dict)  # user -> [impressions, clicks]
+    by_context: dict[str, list[int]] = field(default_factory=dict)  # landing / in_session -> same
+    by_source: dict[str, list[int]] = field(default_factory=dict)  # retrieval source -> same
+
+    @property
+    def ctr(self) -> float:
+        return self.clicks / self.impressions if self.impressions else 0.0
+
+    def se(self) -> float:
+        return cluster_se(self.per_user, self.ctr)
+
+    def report(self) -> dict[str, Any]:
+        n, ctr = self.impressions, self.ctr
+        half = Z95 * self.se()
+        best = self.best_clicks / n if n else 0.0
+        return {
+            "requests": self.requests, "users": len(self.per_user), "impressions": n,
+            "clicks": self.clicks, "ctr": ctr, "ctr_ci95": [max(0.0, ctr - half), ctr + half],
+            "ctr_ci95_wilson": wilson(self.clicks, n),
+            "ctr_expected": self.expected_clicks / n if n else 0.0,
+            "best_ctr": best, "oracle_fraction": ctr / best if best else 0.0,
+            "best_ctr_capped": self.best_capped_clicks / n if n else 0.0,
+            "ctr_by_context": {k: {"impressions": v[0], "ctr": v[1] / v[0] if v[0] else 0.0}
+                               for k, v in sorted(self.by_context.items())},
+            "ctr_by_source": {k: {"impressions": v[0], "ctr": v[1] / v[0] if v[0] else 0.0}
+                              for k, v in sorted(self.by_source.items())},
+            "cart_rate": self.carts / n if n else 0.0,
+            "cvr": self.purchases / self.clicks if self.clicks else 0.0,
+            "cvr_eventual": (self.purchases + self.purchases_pending) / self.clicks if self.clicks else 0.0,
+            "purchases": self.purchases, "purchases_pending": self.purchases_pending,
+            "revenue_per_mille": 1000 * self.revenue / n if n else 0.0,
+            "degraded": self.degraded, "retired_shown": self.retired_shown,
+        }
+
+
+def compare(a: ArmStats, b: ArmStats) -> dict[str, Any]:
+    sa, sb = a.se(), b.se()
+    diff, se_d = a.ctr - b.ctr, math.hypot(sa, sb)
+    out: dict[str, Any] = {"ctr_diff": diff, "ctr_diff_ci95": [diff - Z95 * se_d, diff + Z95 * se_d]}
+    if a.ctr > 0 and b.ctr > 0:
+        ratio, se_l = a.ctr / b.ctr, math.hypot(sa / a.ctr, sb / b.ctr)
+        out.update(ctr_ratio=ratio,
+                   ctr_ratio_ci95=[ratio * math.exp(-Z95 * se_l), ratio * math.exp(Z95 * se_l)])
+    return out
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    catalog_upserts: int = 0
+    profiles: int = 0
+    requests: int = 0
+    rpc_errors: int = 0
+    degraded: int = 0
+    sessions: int = 0
+    bot_events: int = 0
+    bot_requests: int = 0
+    bot_clicks: int = 0
+    unknown_items: int = 0
+    new_items: int = 0
+    retired_items: int = 0
+    price_changes: int = 0
+    new_users: int = 0
+    served_impressions: int = 0  # scorer lists shown to humans, all time (warm-up included)
+    served_clicks: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    arms: dict[str, ArmStats] = field(default_factory=dict)
+    purchase_delays_h: list[float] = field(default_factory=list)
+
+    def arm(self, name: str) -> ArmStats:
+        if name not in self.arms:
+            self.arms[name] = ArmStats()
+        return self.arms[name]
+
+    def event(self, etype: str, bot: bool) -> None:
+        self.events += 1
+        self.by_type[etype] = self.by_type.get(etype, 0) + 1
+        self.bot_events += int(bot)
+        EVENTS.labels(etype).inc()
+
+    def rpc(self, latency_ms: float) -> None:
+        self.requests += 1
+        self.latency.record(latency_ms * 1000.0)
+        RPC.observe(latency_ms / 1000.0)
+
+    def rpc_error(self, code: str) -> None:
+        self.requests += 1
+        self.rpc_errors += 1
+        RPC_ERRORS.labels(code).inc()
+
+    def report(self) -> dict[str, Any]:
+        imps, clicks = self.served_impressions, self.served_clicks
+        lat = self.latency
+        comparisons = {f"{a}_vs_{b}": compare(self.arms[a], self.arms[b])
+                       for a, b in COMPARISONS if a in self.arms and b in self.arms}
+        delays = sorted(self.purchase_delays_h)
+        return {
+            "events": self.events, "events_by_type": dict(sorted(self.by_type.items())),
+            "requests": self.requests, "rpc_errors": self.rpc_errors, "degraded": self.degraded,
+            "rpc_p50_ms": lat.percentile(50) / 1000.0 if lat.count else 0.0,
+            "rpc_p99_ms": lat.percentile(99) / 1000.0 if lat.count else 0.0,
+            "impressions": imps, "clicks": clicks, "ctr": clicks / imps if imps else 0.0,
+            "sessions": self.sessions,
+            "arms": {name: a.report() for name, a in sorted(self.arms.items())},
+            "comparisons": comparisons,
+            "bots": {"events": self.bot_events, "requests": self.bot_requests, "clicks": self.bot_clicks},
+            "catalog": {"upserts": self.catalog_upserts, "new_items": self.new_items,
+                        "retired": self.retired_items, "price_changes": self.price_changes},
+            "users": {"profiles": self.profiles, "new_users": self.new_users},
+            "purchase_delay_h": {"n": len(delays),
+                                 "p50": delays[len(delays) // 2] if delays else 0.0,
+                                 "p90": delays[int(len(delays) * 0.9)] if delays else 0.0},
+            "unknown_items": self.unknown_items,
+        }
