@@ -84,8 +84,9 @@ class ModelHolder:
             mv = ModelRegistry(self.root).current(self.name)
             if mv is None or mv.version == self.loaded_version:
                 return False
-            ranker = self.loader(mv.model_file)  # slow part, off the request path
-            ranker.version = f"{self.name}-{mv.version}"
+            ranker = self.loader(mv.path)  # slow part, off the request path
+            quantized = "+int8" if getattr(ranker, "quantized", False) else ""
+            ranker.version = f"{self.name}-{mv.version}{quantized}"
         except Exception as exc:  # noqa: BLE001 - a bad model must never take serving down
             log.warning("model reload failed, keeping %s: %s", self.current.version, exc)
             return False
@@ -98,10 +99,10 @@ class ModelHolder:
             self.check_once()
 
 
-def default_loader() -> Callable[[Path], Ranker] | None:
-    """``models.ranker_runtime.load_ranker`` when the trained-ranker runtime is available."""
+def default_loader(int8: bool = False) -> Callable[[Path], Ranker] | None:
+    """``models.ranker_runtime.load_ranker`` (one intra-op thread, optional INT8)."""
     try:
         from models.ranker_runtime import load_ranker
     except ImportError:
         return None
-    return load_ranker  # type: ignore[no-any-return]
+    return lambda path: load_ranker(path, quantize_int8=int8 or None, threads=1)  # type: ignore[return-value]

@@ -95,8 +95,8 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
     store = store or RedisStore(resolve_redis_url(settings), Keys(settings.redis_prefix),
                                 timeout_ms=settings.redis_timeout_ms)
     impressions = ImpressionLogger(settings) if log_impressions else None
-    models = ModelHolder(default_root(settings.state_dir), settings.ranker_model, default_loader(),
-                         settings.model_reload_s).start()
+    models = ModelHolder(default_root(settings.state_dir), settings.ranker_model,
+                         default_loader(settings.ranker_int8), settings.model_reload_s).start()
     follower = _ann_follower(settings) if settings.ann_enabled and ann is None else None
     index = ann if ann is not None else (lambda: follower.index if follower else None)
     servicer = RecommendServicer(settings, store, impressions, models, index)

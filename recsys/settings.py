@@ -104,7 +104,8 @@ class Settings:
     # users are hashed into these arms; policies: model (promoted model, else heuristic),
     # heuristic, popular, random
     ab_arms: tuple[str, ...] = ("model",)
-    ranker_model: str = "mmoe"  # registry name of the ranker the scorer serves (hot-reloaded)
+    ranker_model: str = "ranker"  # registry name of the ranker the scorer serves (hot-reloaded)
+    ranker_int8: bool = False  # serve the ranker with INT8 dynamic quantization
     model_reload_s: float = 5.0
     value_revenue_weight: float = 1.0  # value = w_rev * p_purchase * log1p(price) + w_click * p_click
     value_click_weight: float = 1.0

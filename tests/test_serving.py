@@ -164,7 +164,10 @@ def test_hot_reload_swaps_the_promoted_model_without_failing_requests(world, tmp
     reg = ModelRegistry(root)
     f = tmp_path / "m.txt"
     f.write_text("0.3")
-    holder = ModelHolder(root, "mmoe", lambda p: ConstRanker(float(Path(p).read_text())), 0.05)
+    def load(p: Path) -> ConstRanker:
+        return ConstRanker(float((Path(p) / "model.txt").read_text()))
+
+    holder = ModelHolder(root, "ranker", load, 0.05)
     srv = build_server(world.replace(explore_epsilon=0.0), port=0, log_impressions=False)
     srv.servicer.models = holder.start()
     stop, errors, versions = threading.Event(), [], set()
@@ -182,7 +185,7 @@ def test_hot_reload_swaps_the_promoted_model_without_failing_requests(world, tmp
     try:
         time.sleep(0.3)
         assert isinstance(holder.current, HeuristicRanker)
-        reg.promote("mmoe", reg.register("mmoe", f, {"auc": 0.7}, model_filename="model.txt"))
+        reg.promote("ranker", reg.register("ranker", f, {"auc": 0.7}, model_filename="model.txt"))
         deadline = time.monotonic() + 10
         while holder.loaded_version != "v1" and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -193,7 +196,7 @@ def test_hot_reload_swaps_the_promoted_model_without_failing_requests(world, tmp
         holder.stop()
         srv.stop(0)
     assert holder.loaded_version == "v1" and not errors
-    assert {"heuristic-v1", "mmoe-v1"} <= versions
+    assert {"heuristic-v1", "ranker-v1"} <= versions
 
 
 def test_event_time_metadata_stamps_the_response_and_bad_values_are_rejected(world):

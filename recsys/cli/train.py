@@ -9,6 +9,12 @@
 The registry lives in <state_dir>/models unless --out names another folder. A trained model is
 registered as a new version and only becomes current with --promote or `recsys train promote`.
 Two-tower datasets are SR-GNN-format folders (train_sessions.txt.gz, test_prefix_label.tsv.gz).
+
+  recsys train --model mmoe|deepfm|deepfm_click|rankers --report out.json [--dataset sim|F.npz|kafka]
+               [--labels final|naive|dfm|fnw] [--quantize] [--device cuda] [--promote]
+Rankers train on simulator data by default (sim.shop driving the offline builder), on saved
+rows, or on the training-examples topic (`kafka`); MMoE is registered as `ranker`, the name the
+scorer serves and hot-reloads.
 """
 
 from __future__ import annotations
@@ -43,9 +49,21 @@ def _train_two_tower(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_ranker(settings: Settings, args: argparse.Namespace) -> int:
+    from models.train_ranker import train_ranker_cli
+
+    if args.model == "rankers":
+        args.model = "all"
+    return train_ranker_cli(settings, args)
+
+
 # --model NAME -> trainer(settings, args) -> exit code. Add new models here.
 TRAINERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "two_tower": _train_two_tower,
+    "mmoe": _train_ranker,  # registered as "ranker" (what the scorer serves)
+    "deepfm": _train_ranker,  # single-task purchase baseline: "ranker_deepfm"
+    "deepfm_click": _train_ranker,  # single-task click baseline: "ranker_deepfm_click"
+    "rankers": _train_ranker,  # all three, with the comparison
 }
 
 
@@ -62,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model registry root (default <state_dir>/models)")
     p.add_argument("--promote", action="store_true", help="make the new version current")
     add_train_arguments(p)
+    from models.train_ranker import add_ranker_arguments
+
+    add_ranker_arguments(p)
     acts = p.add_subparsers(dest="action", metavar="[ACTION]", required=False,
                             title="actions (instead of training)")
     for name, help_, args_ in (
@@ -79,7 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     action = getattr(args, "action", None)
     if action is None:
-        missing = [f"--{n}" for n in ("dataset", "report") if not getattr(args, n)]
+        needed = ("dataset", "report") if args.model == "two_tower" else ("report",)
+        if args.model != "two_tower" and not args.dataset:
+            args.dataset = "sim"  # rankers: the simulator by default, or FILE.npz, or kafka
+        missing = [f"--{n}" for n in needed if not getattr(args, n)]
         if missing:
             print(f"recsys train: {' and '.join(missing)} required to train "
                   "(or use an action: promote, rollback, list)", file=sys.stderr)
@@ -110,5 +134,6 @@ def _list(reg: ModelRegistry, name: str | None) -> None:
         for v in reg.versions(n):
             mv = reg.get(n, v)
             mark = "*" if ptr.get("version") == v else " "
-            head = {k: mv.metrics[k] for k in ("p_at_20", "mrr_at_20") if k in mv.metrics}
+            head = {k: mv.metrics[k] for k in ("p_at_20", "mrr_at_20", "auc_purchase", "auc_click",
+                                               "max_ece") if k in mv.metrics}
             print(f"{mark} {n} {v} {json.dumps(head)}")

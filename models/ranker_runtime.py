@@ -1,0 +1,246 @@
+"""What the scorer loads: a trained ranker checkpoint -> ``Ranker.predict(features) -> [n, 3]``.
+
+    ranker = load_ranker("…/models/ranker/v3")          # a registry version folder or model.pt
+    probs = ranker.predict([assemble(...), ...])         # [n, 3]: p_click, p_cart, p_purchase
+
+* All candidates of a request are scored in ONE batch; torch intra-op threads are set to 1
+  (one scorer process per core); the model is in eval mode and runs under ``inference_mode``.
+* Outputs are calibrated per head with the calibrators stored in the checkpoint.
+* A single-task model (DeepFM) fills only its own column; the others are NaN (``ranker.tasks``
+  says which heads are real). The multi-task MMoE fills all three.
+* ``quantize=True`` applies INT8 dynamic quantization to the Linear layers at load time
+  (``torch.ao.quantization.quantize_dynamic``; the weights are stored in float).
+* A checkpoint of another ``FEATURE_VERSION`` is refused.
+
+Checkpoint format (``torch.save``, loadable with ``weights_only=True``): ``format``, ``config``
+(``RankerConfig.to_dict``), ``state_dict``, ``calibration`` ({head: calibrator dict}),
+``version`` and ``meta``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from models.calibration import Calibrator, Identity, calibrator_from_dict
+from models.deepfm import TASKS, DeepFM, FeatureHasher, RankerConfig
+from models.mmoe import MMoE
+from online.features import FEATURE_VERSION
+
+FORMAT = "recsys.ranker/1"
+
+
+class RankerError(ValueError):
+    """Not a ranker checkpoint, or one this code cannot serve."""
+
+
+def build_model(cfg: RankerConfig) -> DeepFM | MMoE:
+    return DeepFM(cfg) if cfg.kind == "deepfm" else MMoE(cfg)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, calibration: Mapping[str, Calibrator],
+                    version: str, meta: Mapping[str, Any] | None = None) -> Path:
+    """Config + float weights + calibrators, written atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inner = getattr(model, "module", model)  # unwrap DDP
+    cfg = cast(RankerConfig, inner.config)
+    blob = {
+        "format": FORMAT, "config": cfg.to_dict(), "version": version,
+        "state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+        "calibration": {h: c.to_dict() for h, c in calibration.items()},
+        "meta": json.loads(json.dumps(dict(meta or {}), default=str)),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _resolve(path: str | Path) -> tuple[Path, str | None]:
+    """A model file, or a folder (a registry version: its manifest names the file)."""
+    p = Path(path)
+    if p.is_dir():
+        manifest = p / "manifest.json"
+        if manifest.is_file():
+            m = json.loads(manifest.read_text())
+            return p / (m.get("model_file") or "model.pt"), f"{m.get('name')}-{m.get('version')}"
+        return p / "model.pt", None
+    return p, None
+
+
+def quantize(model: nn.Module) -> nn.Module:
+    """INT8 dynamic quantization of every Linear layer (weights int8, activations quantized on
+    the fly). Embeddings stay float."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+class Ranker:
+    """Batch scorer for one checkpoint. ``predict`` may be called from several threads: the
+    model is read-only in inference mode and the hash memo is a dict (single set/get operations
+    are atomic under the GIL; a race only recomputes a hash)."""
+
+    def __init__(self, model: nn.Module, cfg: RankerConfig, calibration: Mapping[str, Calibrator],
+                 version: str, quantized: bool = False, meta: Mapping[str, Any] | None = None) -> None:
+        self.model = model.eval()
+        self.config = cfg
+        self.tasks = cfg.tasks
+        self.version = version + ("+int8" if quantized else "")
+        self.quantized = quantized
+        self.meta = dict(meta or {})
+        self.calibration = {t: calibration.get(t, Identity()) for t in cfg.tasks}
+        self._cols = [TASKS.index(t) for t in cfg.tasks]
+        self._hasher = FeatureHasher(cfg.sparse, cfg.dense)
+        self._checked = False
+
+    def _check(self, row: Mapping[str, Any]) -> None:
+        missing = [n for n in (*self.config.sparse, *self.config.dense) if n not in row]
+        if missing:
+            raise RankerError(f"features lack {missing} (model expects FEATURE_VERSION "
+                              f"{self.config.feature_version})")
+        self._checked = True
+
+    def raw(self, sparse: npt.NDArray[np.int64], dense: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Uncalibrated probabilities [n, T] for encoded features."""
+        with torch.inference_mode():
+            logp = self.model(torch.from_numpy(np.ascontiguousarray(sparse)),
+                              torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)))
+        return np.exp(logp.double().numpy())
+
+    def predict_arrays(self, sparse: npt.NDArray[np.int64], dense: npt.NDArray[np.float32],
+                       calibrated: bool = True) -> npt.NDArray[np.float64]:
+        """[n, 3] in ``TASKS`` order; heads the model lacks are NaN."""
+        p = self.raw(sparse, dense)
+        out = np.full((p.shape[0], len(TASKS)), np.nan)
+        for j, (t, col) in enumerate(zip(self.tasks, self._cols, strict=True)):
+            out[:, col] = self.calibration[t].predict(p[:, j]) if calibrated else p[:, j]
+        return out
+
+    def predict(self, features: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float64]:
+        """Calibrated (p_click, p_cart, p_purchase) [n, 3] for assembled feature dicts."""
+        if not features:
+            return np.zeros((0, len(TASKS)))
+        if not self._checked:
+            self._check(features[0])
+        sparse, dense = self._hasher.encode(features)
+        return self.predict_arrays(sparse, dense)
+
+
+def load_ranker(path: str | Path, *, quantize_int8: bool | None = None, threads: int | None = 1
+                ) -> Ranker:
+    """Load a ranker checkpoint (file or registry version folder) for serving.
+
+    ``quantize_int8``: None follows the checkpoint's ``meta["quantize"]`` (set at export).
+    ``threads``: torch intra-op threads for this process (None leaves it alone).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    file, reg_version = _resolve(path)
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise RankerError(f"cannot read ranker checkpoint {file}: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise RankerError(f"{file} is not a ranker checkpoint ({FORMAT})")
+    cfg = RankerConfig.from_dict(blob["config"])
+    if cfg.feature_version != FEATURE_VERSION:
+        raise RankerError(f"{file} was trained on FEATURE_VERSION {cfg.feature_version}, "
+                          f"this code assembles {FEATURE_VERSION}")
+    model = build_model(cfg)
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    meta = dict(blob.get("meta") or {})
+    q = bool(meta.get("quantize", False)) if quantize_int8 is None else quantize_int8
+    served: nn.Module = quantize(model) if q else model
+    cal = {h: calibrator_from_dict(d) for h, d in (blob.get("calibration") or {}).items()}
+    return Ranker(served, cfg, cal, reg_version or str(blob.get("version", "unknown")), q, meta)
+
+
+def measure_latency(ranker: Ranker, features: Sequence[Mapping[str, Any]], runs: int = 200,
+                    warmup: int = 20) -> dict[str, float]:
+    """``predict`` latency for one batch of candidates (ms): p50, p99, mean."""
+    import time
+
+    for _ in range(warmup):
+        ranker.predict(features)
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        ranker.predict(features)
+        ts.append((time.perf_counter() - t0) * 1000)
+    a = np.array(ts)
+    return {"candidates": len(features), "p50_ms": float(np.percentile(a, 50)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "runs": runs}
+
+
+def serving_report(path: str | Path, sparse: npt.NDArray[np.int64], dense: npt.NDArray[np.float32],
+                   labels: npt.NDArray[np.float32], features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A checkpoint through this runtime, float and INT8: calibrated AUC / ECE on held-out
+    (encoded) rows and ``predict`` latency for up to 500 feature dicts, on one thread."""
+    from models.metrics import auc, ece
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out: dict[str, Any] = {}
+        for kind, q in (("float", False), ("int8", True)):
+            r = load_ranker(path, quantize_int8=q, threads=None)
+            p = r.predict_arrays(sparse, dense)
+            row: dict[str, Any] = {}
+            for t in r.tasks:
+                y, pt = labels[:, TASKS.index(t)], p[:, TASKS.index(t)]
+                if 0 < y.sum() < y.size:
+                    row[t] = {"auc": auc(y, pt), "ece": ece(y, pt)}
+            if features:
+                row["latency"] = measure_latency(r, list(features)[:500])
+            out[kind] = row
+        out["auc_change_int8"] = {t: out["int8"][t]["auc"] - out["float"][t]["auc"]
+                                  for t in out["float"] if t != "latency"}
+        if features:
+            out["p50_change_int8_ms"] = out["int8"]["latency"]["p50_ms"] - out["float"]["latency"]["p50_ms"]
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.ranker_runtime MODEL --features DATA.npz``: predict latency for one
+    request of N candidates (the scorer's path: feature dicts in, calibrated [N, 3] out)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m models.ranker_runtime", description=main.__doc__)
+    p.add_argument("model", help="model.pt or a registry version folder")
+    p.add_argument("--features", required=True, help="RankingData .npz whose meta holds sample features")
+    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--runs", type=int, default=300)
+    args = p.parse_args(argv)
+    from models.ranking_data import RankingData
+
+    feats = list(RankingData.load(args.features).meta.get("sample_features") or [])
+    if not feats:
+        print("no sample features in that file", file=sys.stderr)
+        return 2
+    feats = (feats * (args.candidates // len(feats) + 1))[: args.candidates]
+    for q in (False, True):
+        r = load_ranker(args.model, quantize_int8=q)
+        print(json.dumps({"version": r.version, "threads": torch.get_num_threads(),
+                          **measure_latency(r, feats, runs=args.runs)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,409 @@
+"""Ranking training sets: simulator data built through the production code paths, and real
+``training-examples`` records.
+
+Simulator data (``simulate``): the project's own closed-loop shop (``sim.shop.Shop`` on the
+seeded ``sim.world.World``, configured by ``sim.config``) runs on a ``VirtualClock``: sessions,
+browsing views by the hidden taste, catalog dynamics, homepage visits, clicks / carts drawn from
+the hidden truth with position bias, purchases hours to days later. Only two things differ
+from the live loop (``sim.simulator``):
+
+* the ``Sink`` feeds every record, in sim-time order as the shop emits it, straight into the
+  dataflow's own step functions (``streams.offline.OfflineBuilder``) instead of Kafka;
+* the ``Recommender`` is offline: at the visit's sim time it reads the user's and the items'
+  state from the builder's image (msgpack values, ``proto.keys.Keys``, ``proto.codecs``),
+  retrieves candidates with the scorer's own functions (``online.scorer``: co-visitation of the
+  last-5 viewed, trending in the user's top two categories, popular, top sellers; merged,
+  de-duplicated, purchased items excluded), shows ``k`` of them in uniformly random order
+  (uniform exploration: position is independent of the features), assembles their features
+  with ``online.features.assemble_batch`` and logs the impression (item CTR counts).
+
+Because the shop emits everything due before a visit before calling the recommender, the
+state read at an impression is the state as of that moment (point in time), never later.
+Labels are joined from the shop's own click / add-to-cart / purchase events by
+``(request_id, item)`` with the label join's attribution windows (click 30 min, purchase
+7 days). Rows are recorded for visits in ``[start + warmup_days, start + days)``; the shop then
+runs one more purchase window so every attributable purchase of a recorded impression is seen
+(``purchase_delay_ms`` says when; ``observed_purchases`` gives what a trainer at an earlier
+cutoff would have seen). Use ``time_split`` (time order, never random).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.deepfm import TASKS, FeatureHasher, encode_features
+from online.features import DENSE, SPARSE, assemble_batch
+from online.scorer import category_affinity, combine_related, merge_candidates
+from proto import codecs
+from proto.keys import Keys
+from recsys.settings import Settings
+
+try:  # the simulator and the protobuf loader need the full stack (bytewax, protobuf); a GPU box
+    # holding only torch + numpy can still train from a saved .npz (``RankingData.load``)
+    from proto import events_pb2
+    from sim.clock import VirtualClock
+    from sim.config import SimConfig as WorldConfig
+    from sim.config import load_config
+    from sim.shop import Served, Shop, context, item_upsert, user_profile
+    from sim.world import User, World
+    from streams.events import TYPE_NAMES
+    from streams.offline import OfflineBuilder
+except Exception as exc:  # noqa: BLE001 - ImportError, or protobuf's VersionError on minimal machines
+    _MISSING: Exception | None = exc
+else:
+    _MISSING = None
+
+
+def _require_full_stack() -> None:
+    if _MISSING is not None:
+        raise RuntimeError(f"simulated / Kafka training data needs the full install ({_MISSING}); "
+                           "a minimal machine can train from a saved .npz")
+
+DAY_MS = 86_400_000
+LABELS = {"click": 0, "add_to_cart": 1, "purchase": 2}  # event type -> label column (TASKS order)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The training-set run; the world itself (size, seed, truth) is ``sim.config``."""
+
+    days: float = 12.0  # recorded period (warm-up included)
+    warmup_days: float = 2.0  # the state fills up; no rows recorded
+    sessions_per_h: float = 60.0  # shopper arrivals (modulated by the hour of day)
+    candidates: int = 200  # retrieval cap per request
+    refresh_s: float = 600.0  # global lists (popular, top sellers, trending) re-read this often
+    start_ms: int = 1_700_000_000_000
+    click_window_s: float = 30 * 60.0  # attribution (label join defaults)
+    purchase_window_s: float = 7 * 86400.0
+
+
+@dataclass
+class RankingData:
+    """One row per shown (request, item), in impression-time order."""
+
+    sparse: npt.NDArray[np.int64]  # [n, len(SPARSE)] stable hashes (models.deepfm.hash_token)
+    dense: npt.NDArray[np.float32]  # [n, len(DENSE)]
+    labels: npt.NDArray[np.float32]  # [n, 3] click, cart, purchase (TASKS order), eventual truth
+    times: npt.NDArray[np.int64]  # impression event time (ms)
+    purchase_delay_ms: npt.NDArray[np.int64]  # impression -> purchase, 0 without purchase
+    request: npt.NDArray[np.int64]  # request index (rows of one list share it)
+    position: npt.NDArray[np.int64]
+    p_click_true: npt.NDArray[np.float32]  # hidden truth at the shown position (NaN if unknown)
+    item_id: npt.NDArray[np.str_]  # the shown item (analysis, tests; models read ``sparse``)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.times.size)
+
+    def take(self, idx: npt.NDArray[Any]) -> RankingData:
+        arrays = {f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self) if f.name != "meta"}
+        return RankingData(**arrays, meta=dict(self.meta))
+
+    def save(self, path: str | Path) -> None:
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "meta"}
+        np.savez_compressed(path, **arrays, meta_json=np.array(json.dumps(self.meta, default=str)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RankingData:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta_json"])) if "meta_json" in z else {}
+            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls) if f.name != "meta"}, meta=meta)
+
+    def rates(self) -> dict[str, float]:
+        return {t: float(self.labels[:, j].mean()) if len(self) else 0.0 for j, t in enumerate(TASKS)}
+
+
+def time_split(times: npt.ArrayLike, valid_frac: float = 0.15, test_frac: float = 0.15
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Indices of (train, valid, test): the earliest period, then the next, then the latest.
+    Cut at impression-time boundaries, so one request never straddles two parts."""
+    t = np.asarray(times, dtype=np.int64)
+    if not 0 <= valid_frac < 1 or not 0 <= test_frac < 1 or valid_frac + test_frac >= 1:
+        raise ValueError("fractions must be in [0, 1) and sum to < 1")
+    srt = np.sort(t)
+    n = t.size
+    t1 = srt[min(int(n * (1 - valid_frac - test_frac)), n - 1)]
+    t2 = srt[min(int(n * (1 - test_frac)), n - 1)] if test_frac > 0 else np.iinfo(np.int64).max
+    return (np.flatnonzero(t < t1), np.flatnonzero((t >= t1) & (t < t2)), np.flatnonzero(t >= t2))
+
+
+def observed_purchases(data: RankingData, cutoff_ms: int) -> tuple[npt.NDArray[np.float32],
+                                                                   npt.NDArray[np.int64]]:
+    """(purchase label as seen at ``cutoff_ms``, elapsed ms since each impression): a purchase
+    later than the cutoff is not known yet and looks like a negative."""
+    y = data.labels[:, 2] > 0
+    seen = y & (data.times + data.purchase_delay_ms <= cutoff_ms)
+    return seen.astype(np.float32), np.maximum(cutoff_ms - data.times, 0)
+
+
+def _top(z: dict[str, float] | None, n: int) -> list[tuple[str, float]]:
+    if not z:
+        return []
+    return heapq.nlargest(n, z.items(), key=lambda kv: (kv[1], kv[0]))
+
+
+class _Builder:
+    """The shop's ``Sink`` (records into the builder, labels joined) and its ``Recommender``."""
+
+    def __init__(self, cfg: SimConfig, world: World, settings: Settings,
+                 keep_log: list[tuple[int, str, bytes]] | None) -> None:
+        self.cfg, self.world, self.s = cfg, world, settings
+        self.clock = VirtualClock(cfg.start_ms)
+        self.rng = np.random.default_rng([world.seed, 77])
+        self.builder = OfflineBuilder(settings)
+        self.keys = Keys(settings.redis_prefix)
+        self.log = keep_log
+        self.fed = self.requests = 0
+        self.record_from = cfg.start_ms + int(cfg.warmup_days * DAY_MS)
+        self.record_to = cfg.start_ms + int(cfg.days * DAY_MS)
+        self.lists: dict[str, tuple[int, list[tuple[str, float]]]] = {}
+        self.hasher = FeatureHasher()
+        self.sample: list[dict[str, Any]] = []  # the latest feature dicts (latency benchmarks)
+        self.rows: dict[str, list[Any]] = {k: [] for k in ("sparse", "dense", "times", "request",
+                                                           "position", "p_click", "item")}
+        self.labels: list[list[float]] = []
+        self.delay: list[int] = []
+        self.served: dict[tuple[str, str], int] = {}  # (request_id, item) -> row
+
+    # --- Sink ---------------------------------------------------------------------------------
+    def _feed(self, topic: str, value: bytes) -> None:
+        ts = self.clock.now_ms()
+        self.builder.feed(topic, value, offset=self.fed, ts_ms=ts)
+        self.fed += 1
+        if self.log is not None:
+            self.log.append((ts, topic, value))
+
+    def event(self, user_id: str, value: bytes) -> None:
+        self._feed("clickstream", value)
+        ev = events_pb2.Event()
+        ev.ParseFromString(value)
+        col = LABELS.get(TYPE_NAMES.get(ev.type, ""), -1)
+        row = self.served.get((ev.request_id, ev.item_id)) if ev.request_id and col >= 0 else None
+        if row is None:
+            return
+        delay = ev.event_time_ms - int(self.rows["times"][row])
+        window = self.cfg.click_window_s if col == 0 else self.cfg.purchase_window_s
+        if 0 <= delay <= window * 1000 and not self.labels[row][col]:
+            self.labels[row][col] = 1.0
+            if col == 2:
+                self.delay[row] = delay
+
+    def catalog(self, item_id: str, value: bytes) -> None:
+        self._feed("catalog", value)
+
+    def profile(self, user_id: str, value: bytes) -> None:
+        self._feed("users", value)
+
+    # --- Recommender --------------------------------------------------------------------------
+    def global_list(self, key: str, n: int, now_ms: int) -> list[tuple[str, float]]:
+        """A global ZSET's top n, re-read every ``refresh_s`` (the scorer's in-memory lists)."""
+        hit = self.lists.get(key)
+        if hit is None or now_ms - hit[0] > self.cfg.refresh_s * 1000:
+            hit = (now_ms, _top(self.builder.image.zsets.get(key), n))
+            self.lists[key] = hit
+        return hit[1]
+
+    def __call__(self, user: User, k: int, sim_ms: int) -> Served:
+        self.requests += 1
+        rid, uid, t = f"r{self.requests}", user.user_id, sim_ms
+        if t >= self.record_to:  # draining the last purchase window: nothing more is recorded
+            return Served(rid, [], "explore")
+        kk, img = self.keys, self.builder.image
+        sess = codecs.decode(img.strings.get(kk.session(uid))) or {}
+        uf = codecs.decode(img.strings.get(kk.user_features(uid))) or {}
+        last = [str(i) for i in sess.get("items", [])]
+        catalog = {i: codecs.decode(img.strings.get(kk.item_catalog(i))) or {} for i in last}
+        prefs = uf.get("pref") or {}
+        top_cats = sorted(prefs, key=lambda c: (-prefs[c], c))[:2]
+        trending = [r for c in top_cats for r in self.global_list(kk.trending(c), 30, t)]
+        sources = [
+            ("covisit", combine_related([_top(img.zsets.get(kk.covisit(i)), 50) for i in last])[:100]),
+            ("trending", sorted(trending, key=lambda kv: -kv[1])),
+            ("popular", self.global_list(kk.popular(), 100, t)),
+            ("top_sellers", self.global_list(kk.top_sellers(), 50, t)),
+        ]
+        cands = merge_candidates(sources, self.cfg.candidates,
+                                 exclude=img.sets.get(kk.user_purchased(uid), set()))
+        picked, rows = [], []
+        for i in self.rng.permutation(len(cands)).tolist():  # uniform exploration
+            row = codecs.decode(img.strings.get(kk.item_catalog(cands[i].item_id)))
+            if row is not None and not row.get("active", True):
+                continue  # the scorer's re-rank drops retired items
+            picked.append(cands[i])
+            rows.append(row)
+            if len(picked) == k:
+                break
+        device, country = context(user)
+        ctx = {"surface": "home", "device": device, "country": country}
+        aff = category_affinity(last, catalog)
+        imp = events_pb2.Impression(request_id=rid, user_id=uid, event_time_ms=t, surface="home",
+                                    arm="explore", context=events_pb2.Context(**ctx))
+        feats = assemble_batch(
+            item_ids=[c.item_id for c in picked], catalogs=rows,
+            item_stats=[codecs.decode(img.strings.get(kk.item_features(c.item_id))) for c in picked],
+            retrievals=[c.retrieval for c in picked], user_features=uf, session_affinity=aff,
+            last_viewed=frozenset(last), context=ctx, now_ms=t, half_life_s=self.s.popularity_half_life_s)
+        for pos, c in enumerate(picked):
+            imp.items.append(events_pb2.ServedItem(item_id=c.item_id, position=pos, sources=c.sources,
+                                                   propensity=len(picked) / max(len(cands), 1)))
+        self._feed("impressions", imp.SerializeToString())
+        if t >= self.record_from and feats:
+            self._record(rid, user, t, picked, feats)
+        return Served(rid, [c.item_id for c in picked], "explore")
+
+    def _record(self, rid: str, user: User, t: int, picked: list[Any], feats: list[dict[str, Any]]) -> None:
+        r = self.rows
+        bot_p = self.world.cfg.behaviour.bot_click_rate
+        for pos, c in enumerate(picked):
+            self.served[(rid, c.item_id)] = len(self.labels)
+            self.labels.append([0.0, 0.0, 0.0])
+            self.delay.append(0)
+            item = self.world.index[c.item_id]
+            r["p_click"].append(bot_p if user.bot else self.world.p_click(user, item, pos, t))
+            r["position"].append(pos)
+            r["item"].append(c.item_id)
+            r["times"].append(t)
+            r["request"].append(self.requests)
+        sp, dn = self.hasher.encode(feats)
+        r["sparse"].append(sp)
+        r["dense"].append(dn)
+        self.sample = (self.sample + feats)[-500:]
+
+    def data(self) -> RankingData:
+        r = self.rows
+        n_s, n_d = len(SPARSE), len(DENSE)
+        return RankingData(
+            sparse=np.concatenate(r["sparse"]) if r["sparse"] else np.zeros((0, n_s), np.int64),
+            dense=np.concatenate(r["dense"]) if r["dense"] else np.zeros((0, n_d), np.float32),
+            labels=np.array(self.labels, dtype=np.float32).reshape(-1, 3),
+            times=np.array(r["times"], dtype=np.int64),
+            purchase_delay_ms=np.array(self.delay, dtype=np.int64),
+            request=np.array(r["request"], dtype=np.int64), position=np.array(r["position"], dtype=np.int64),
+            p_click_true=np.array(r["p_click"], dtype=np.float32), item_id=np.array(r["item"], dtype=np.str_))
+
+
+def simulate(cfg: SimConfig = SimConfig(), settings: Settings | None = None,
+             log: Callable[[str], None] | None = None, world: WorldConfig | None = None,
+             keep_log: list[tuple[int, str, bytes]] | None = None) -> RankingData:
+    """Run the seeded shop and return its ranking rows (deterministic for a given config).
+
+    ``world``: the simulator's config (default ``sim.config.load_config(settings)``: the live
+    simulator's world, same item ids); its oracle arm is switched off (every visit is served
+    and recorded). ``keep_log``: a list that receives every (time, topic, record) fed."""
+    _require_full_stack()
+    t0 = time.perf_counter()
+    settings = settings or Settings()
+    wcfg = (world or load_config(settings)).with_(run={"oracle_share": 0.0})
+    w = World(config=wcfg)
+    b = _Builder(cfg, w, settings, keep_log)
+    launch = cfg.start_ms - 365 * DAY_MS  # older than any sim time, as the live simulator does
+    for it in w.items:
+        b.catalog(it.item_id, item_upsert(it, launch))
+    for u in w.users:
+        b.profile(u.user_id, user_profile(u, launch))
+    shop = Shop(w, wcfg, b, b, b.clock, cfg.sessions_per_h / 3600.0, run_id="train")
+    stop = threading.Event()
+    day, end = cfg.start_ms, b.record_to + int(cfg.purchase_window_s * 1000)
+    while day < end:
+        day = min(day + DAY_MS, end)
+        if day > b.record_to >= day - DAY_MS:
+            shop.run(b.record_to, stop)
+            # drain: no new sessions or catalog changes, only what is already scheduled
+            # (the open sessions and the delayed carts / purchases of recorded impressions)
+            shop.next_arrival = float("inf")
+            shop.next_dyn = dict.fromkeys(shop.next_dyn, float("inf"))
+        shop.run(day, stop)
+        if log:
+            log(f"simulate: sim day {(day - cfg.start_ms) // DAY_MS}: {len(b.labels)} rows, "
+                f"{shop.stats.sessions} sessions, {b.fed} records")
+    data = b.data()
+    st = shop.stats
+    data.meta = {"source": "sim", "sim": dataclasses.asdict(cfg), "records_fed": b.fed,
+                 "rejected": len(b.builder.image.rejected), "requests": b.requests,
+                 "sessions": st.sessions, "events": st.events, "new_items": st.new_items,
+                 "new_users": st.new_users, "build_s": round(time.perf_counter() - t0, 2),
+                 **data.rates(), "sample_features": b.sample}
+    if log:
+        log(f"simulate: {len(data)} rows in {data.meta['build_s']}s, "
+            f"rates {', '.join(f'{k} {v:.4f}' for k, v in data.rates().items())}")
+    return data
+
+
+# --- real training-examples (the label join's output) ---------------------------------------
+
+
+def load_training_examples(records: Iterable[bytes | events_pb2.TrainingExample]) -> RankingData:
+    """TrainingExample protobufs (Kafka values) -> RankingData, keeping the latest version of
+    each ``example_id`` (corrections carry delayed purchases). Features are decoded from the
+    msgpack logged by the scorer and encoded exactly as at serving time."""
+    _require_full_stack()
+    latest: dict[str, events_pb2.TrainingExample] = {}
+    for rec in records:
+        if isinstance(rec, bytes | bytearray):
+            ex = events_pb2.TrainingExample()
+            ex.ParseFromString(bytes(rec))
+        else:
+            ex = rec
+        prev = latest.get(ex.example_id)
+        if prev is None or ex.version >= prev.version:
+            latest[ex.example_id] = ex
+    rows = sorted(latest.values(), key=lambda e: (e.impression_time_ms, e.request_id, e.position))
+    feats = [codecs.unpack_features(e.features) for e in rows]
+    sparse, dense = encode_features(feats)
+    req_ids: dict[str, int] = {}
+    return RankingData(
+        sparse=sparse, dense=dense,
+        labels=np.array([(e.click, e.add_to_cart, e.purchase) for e in rows],
+                        dtype=np.float32).reshape(-1, 3),
+        times=np.array([e.impression_time_ms for e in rows], dtype=np.int64),
+        purchase_delay_ms=np.array([e.purchase_delay_ms for e in rows], dtype=np.int64),
+        request=np.array([req_ids.setdefault(e.request_id, len(req_ids)) for e in rows], dtype=np.int64),
+        position=np.array([e.position for e in rows], dtype=np.int64),
+        p_click_true=np.full(len(rows), np.nan, dtype=np.float32),
+        item_id=np.array([e.item_id for e in rows], dtype=np.str_),
+        meta={"source": "training-examples", "examples": len(rows),
+              "final": int(sum(e.final for e in rows)), "corrections": int(sum(e.version > 1 for e in rows)),
+              "sample_features": feats[-500:]},
+    )
+
+
+def consume_training_examples(settings: Settings, timeout_s: float = 60.0) -> list[bytes]:
+    """Every record of the ``training-examples`` topic up to its current end (partitions
+    assigned directly from the beginning: no consumer-group rebalance to wait for)."""
+    import uuid
+
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from recsys import kafka
+
+    topic = settings.topic("training")
+    c = kafka.consumer(settings, group=f"ranker-trainer-{uuid.uuid4().hex[:8]}")
+    out: list[bytes] = []
+    try:
+        ends = kafka.high_watermarks(c, topic)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        pending = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            value, part, offset = msg.value(), msg.partition(), msg.offset()
+            if value is not None:
+                out.append(bytes(value))
+            if part is not None and offset is not None and offset + 1 >= ends.get(part, 0):
+                pending.discard(part)
+    finally:
+        c.close()
+    return out

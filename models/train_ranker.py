@@ -1,0 +1,455 @@
+"""Train, calibrate, evaluate, export and register the rankers (DeepFM, MMoE).
+
+Data: simulator ranking rows built through the production code paths (``models.ranking_data``)
+or real ``training-examples`` records; split by time into train / valid / test (70/15/15, never
+random). Each model: AdamW, early stopping on the validation log loss of its heads; per-head
+calibration (``models.calibration``) fitted on the validation split; AUC, log loss and ECE on
+the test split before and after calibration; loss curves and reliability plots; checkpoint
+(``models.ranker_runtime``) evaluated again through the serving runtime in float and INT8,
+with ``predict`` latency for 500 candidates; registered in the model registry
+(``ranker`` = the MMoE the scorer serves, ``ranker_deepfm``, ``ranker_deepfm_click``).
+
+Purchase labels (``--labels``): ``final`` (the eventual truth, what keeping the latest example
+version gives once the attribution window has passed), ``naive`` (what is observed at the
+end of the training period: late purchases look negative), ``dfm`` (observed + the delay-CDF
+likelihood of ``models.delayed_feedback``), ``fnw`` (the fake-negative-weighted stream).
+
+    python -m models.train_ranker --model all --report reports/rankers.json [--device cuda]
+    torchrun --nproc_per_node 2 -m models.train_ranker --model mmoe --report r.json  # DDP (gloo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+
+from models import calibration as C
+from models import delayed_feedback as DF
+from models import metrics
+from models.ddp import Dist, device_for, init_from_env
+from models.deepfm import TASKS, DeepFM, RankerConfig
+from models.mmoe import MMoE
+from models.ranking_data import RankingData, SimConfig, time_split
+
+Log = Callable[[str], None]
+MODELS = {"deepfm": ("purchase",), "deepfm_click": ("click",), "mmoe": TASKS}
+REGISTRY_NAMES = {"mmoe": "ranker", "deepfm": "ranker_deepfm", "deepfm_click": "ranker_deepfm_click"}
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # AdamW (decoupled)
+    patience: int = 2
+    seed: int = 0
+    labels: str = "final"
+    calibration: str = "auto"
+    window_ms: int = 7 * 86_400_000  # purchase attribution window (delay-CDF fit)
+    max_steps: int = 0  # stop after this many optimiser steps (0 = no limit)
+    log_every_s: float = 15.0
+
+
+def make_model(name: str, train: RankingData, dropout: float = 0.1, seed: int = 0,
+               embed_dim: int = 8, hidden: tuple[int, ...] = (128, 64), n_experts: int = 4
+               ) -> DeepFM | MMoE:
+    """A fresh model for ``name`` with dense standardisation from the training split."""
+    if name not in MODELS:
+        raise ValueError(f"unknown ranker {name!r}; choose from {sorted(MODELS)}")
+    torch.manual_seed(seed)
+    mean, std = train.dense.astype(np.float64).mean(0), train.dense.astype(np.float64).std(0)
+    cfg = RankerConfig(kind="mmoe" if name == "mmoe" else "deepfm", tasks=MODELS[name],
+                       embed_dim=embed_dim, hidden=hidden, dropout=dropout, n_experts=n_experts,
+                       dense_mean=tuple(float(x) for x in mean), dense_std=tuple(float(x) for x in std))
+    model = MMoE(cfg) if cfg.kind == "mmoe" else DeepFM(cfg)
+    # start each head at its base rate (post-click rates for the ESMM heads)
+    rate = train.labels.astype(np.float64).mean(0).clip(1e-4, 1 - 1e-4)
+    if cfg.kind == "mmoe" and cfg.esmm:
+        rate[1:] = (rate[1:] / rate[0]).clip(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        model.encoder.first_dense.bias.copy_(torch.tensor(
+            [math.log(rate[TASKS.index(t)] / (1 - rate[TASKS.index(t)])) for t in cfg.tasks]))
+    return model
+
+
+@dataclasses.dataclass
+class Prepared:
+    sparse: Tensor  # [n, S]
+    dense: Tensor  # [n, N]
+    y: Tensor  # [n, 3] labels used for training (TASKS order)
+    w: Tensor  # [n, 3] per-task weights (0 = this row does not train this head)
+    cdf: Tensor  # [n] observable fraction F(elapsed) of a purchase (dfm), else 1
+
+
+def prepare(data: RankingData, tcfg: TrainConfig, device: torch.device) -> tuple[Prepared, dict[str, Any]]:
+    """Training tensors under the purchase-label mode (``delayed_feedback.training_labels``)."""
+    idx, y, w, cdf, info = DF.training_labels(data.labels, data.times, data.purchase_delay_ms, tcfg.labels,
+                                              tcfg.window_ms)
+
+    def t(a: npt.NDArray[Any]) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return Prepared(t(data.sparse[idx]), t(data.dense[idx]), t(y), t(w), t(cdf)), info
+
+
+def batch_loss(logp: Tensor, b: Prepared, sel: Tensor, tasks: tuple[str, ...], mode: str) -> Tensor:
+    """Σ over heads of the weighted mean per-example loss on rows ``sel``."""
+    total = logp.new_zeros(())
+    for j, task in enumerate(tasks):
+        c = TASKS.index(task)
+        lp, y, w = logp[:, j], b.y[sel, c], b.w[sel, c]
+        if task == "purchase" and mode == "dfm":
+            per = DF.delayed_nll(lp, y, b.cdf[sel])
+        elif task == "purchase" and mode == "fnw":
+            per = DF.fnw_nll(lp, y)
+        else:
+            per = DF.bce(lp, y)
+        total = total + (w * per).sum() / w.sum().clamp_min(1.0)
+    return total
+
+
+@torch.no_grad()
+def predict_raw(model: nn.Module, data: RankingData, device: torch.device, batch: int = 8192
+                ) -> npt.NDArray[np.float64]:
+    """Uncalibrated probabilities [n, T] of the model's heads."""
+    model.eval()
+    out = []
+    for s in range(0, len(data), batch):
+        sp = torch.from_numpy(data.sparse[s : s + batch]).to(device)
+        dn = torch.from_numpy(data.dense[s : s + batch]).to(device)
+        out.append(model(sp, dn).double().exp().cpu().numpy())
+    n_t = len(getattr(model, "config", RankerConfig()).tasks)
+    return np.concatenate(out) if out else np.zeros((0, n_t))
+
+
+def head_metrics(y: npt.NDArray[Any], p: npt.NDArray[Any]) -> dict[str, float]:
+    out = C.summary(y, p)
+    out["auc"] = metrics.auc(y, p) if 0 < y.sum() < y.size else math.nan
+    return out
+
+
+def paired_bootstrap(y: npt.NDArray[Any], a: npt.NDArray[Any], b: npt.NDArray[Any],
+                     groups: npt.NDArray[np.int64], n: int = 200, seed: int = 0) -> list[float]:
+    """95% interval of AUC(a) - AUC(b) over bootstrap resamples of whole requests."""
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = np.argsort(inv, kind="stable")
+    starts = np.searchsorted(inv[members], np.arange(uniq.size))
+    sizes = np.diff(np.append(starts, inv.size))
+    diffs = []
+    for _ in range(n):
+        pick = rng.integers(0, uniq.size, uniq.size)
+        rows = np.concatenate([members[starts[g] : starts[g] + sizes[g]] for g in pick])
+        if 0 < y[rows].sum() < rows.size:
+            diffs.append(metrics.auc(y[rows], a[rows]) - metrics.auc(y[rows], b[rows]))
+    return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+
+
+@dataclasses.dataclass
+class FitResult:
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]]
+    step_losses: list[float]
+    train_s: float
+    info: dict[str, Any]
+
+
+def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcfg: TrainConfig,
+        device: torch.device, d: Dist | None = None, record_steps: bool = False, log: Log = _stderr
+        ) -> FitResult:
+    """Adam on the training split, early stopping on the validation log loss (final labels)."""
+    d = d or Dist()
+    tasks = model.config.tasks
+    model.to(device)
+    data, info = prepare(train, tcfg, device)
+    net = d.wrap(model, device)
+    opt = torch.optim.AdamW(net.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    n, bsz = data.y.shape[0], tcfg.batch_size
+    n_steps = n // bsz if d.enabled else math.ceil(n / bsz)
+    best, best_epoch, stale, steps = math.inf, 0, 0, 0
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    step_losses: list[float] = []
+    t0 = t_log = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, tcfg.epochs + 1):
+        net.train()
+        perm = np.random.default_rng(tcfg.seed * 1009 + epoch).permutation(n)
+        loss_sum = torch.zeros((), device=device)
+        done = 0
+        for s in range(n_steps):
+            sel = torch.from_numpy(d.shard(perm[s * bsz : (s + 1) * bsz])).to(device)
+            loss = batch_loss(net(data.sparse[sel], data.dense[sel]), data, sel, tasks, tcfg.labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            done, steps = done + 1, steps + 1
+            if record_steps:
+                step_losses.append(d.mean(float(loss.item())))
+            if time.perf_counter() - t_log > tcfg.log_every_s and d.is_main:
+                log(f"  epoch {epoch} step {s + 1}/{n_steps} loss {loss_sum.item() / done:.5f}")
+                t_log = time.perf_counter()
+            if tcfg.max_steps and steps >= tcfg.max_steps:
+                break
+        row = {"epoch": float(epoch), "train_loss": d.mean(loss_sum.item() / max(done, 1))}
+        score = -float(epoch)
+        if valid is not None and len(valid):
+            p = predict_raw(model, valid, device)
+            lls = {t: metrics.log_loss(valid.labels[:, TASKS.index(t)], p[:, j]) for j, t in enumerate(tasks)}
+            row.update({f"valid_logloss_{t}": v for t, v in lls.items()})
+            row["valid_loss"] = score = float(sum(lls.values()))
+        history.append(row)
+        if d.is_main:
+            log(f"  epoch {epoch}: " + " ".join(f"{k} {v:.5f}" for k, v in row.items() if k != "epoch"))
+        if score < best:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= tcfg.patience:
+                break
+        if tcfg.max_steps and steps >= tcfg.max_steps:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(best_epoch, epoch, history, step_losses, time.perf_counter() - t0, info)
+
+
+# --- evaluation, calibration, plots --------------------------------------------------------
+
+
+def calibrate_and_evaluate(model: DeepFM | MMoE, valid: RankingData, test: RankingData,
+                           device: torch.device, method: str
+                           ) -> tuple[dict[str, C.Calibrator], dict[str, Any], dict[str, Any]]:
+    """Calibrators fitted on valid; test metrics before/after; reliability data for plots."""
+    pv, pt = predict_raw(model, valid, device), predict_raw(model, test, device)
+    cals: dict[str, C.Calibrator] = {}
+    heads: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    for j, t in enumerate(model.config.tasks):
+        c = TASKS.index(t)
+        cals[t] = C.fit_calibrator(pv[:, j], valid.labels[:, c], method)
+        raw, cal = pt[:, j], cals[t].predict(pt[:, j])
+        y = test.labels[:, c]
+        heads[t] = {"raw": head_metrics(y, raw), "calibrated": head_metrics(y, cal),
+                    "calibrator": cals[t].method}
+        curves[t] = {"raw": C.reliability_curve(y, raw, 15), "calibrated": C.reliability_curve(y, cal, 15)}
+    return cals, heads, curves
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+def train_one(name: str, parts: tuple[RankingData, RankingData, RankingData], tcfg: TrainConfig,
+              device: torch.device, d: Dist, out_dir: Path, opts: Mapping[str, Any], log: Log,
+              preds: dict[str, npt.NDArray[np.float64]]) -> dict[str, Any]:
+    train, valid, test = parts
+    model = make_model(name, train, dropout=float(opts.get("dropout", 0.1)), seed=tcfg.seed,
+                       embed_dim=int(opts.get("embed_dim", 8)),
+                       hidden=tuple(opts.get("hidden") or (128, 64)), n_experts=int(opts.get("experts", 4)))
+    log(f"{name}: training heads {model.config.tasks} on {len(train)} rows ({tcfg.labels} labels)")
+    res = fit(model, train, valid, tcfg, device, d, log=log)
+    if not d.is_main:
+        return {}
+    cals, heads, curves = calibrate_and_evaluate(model, valid, test, device, tcfg.calibration)
+    preds[name] = predict_raw(model, test, device)
+    folder = out_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    from models.ranker_runtime import save_checkpoint, serving_report
+
+    version = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-s{tcfg.seed}"
+    path = save_checkpoint(folder / "model.pt", model.cpu(), cals, version,
+                           meta={"quantize": bool(opts.get("quantize")), "labels": tcfg.labels})
+    model.to(device)
+    out = {"model": name, "version": version, "tasks": list(model.config.tasks), "test": heads,
+           "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_s": round(res.train_s, 1),
+           "history": res.history, "label_info": res.info,
+           "params": sum(p.numel() for p in model.parameters()),
+           "serving": serving_report(path, test.sparse, test.dense, test.labels,
+                                     list(opts.get("features") or [])),
+           "files": ["model.pt", *C.plot_curves(folder, name, res.history, curves), "metrics.json"]}
+    (folder / "metrics.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+    for t, h in heads.items():
+        log(f"{name} {t}: AUC {h['raw']['auc']:.4f} logloss {h['raw']['logloss']:.5f} ECE "
+            f"{h['raw']['ece']:.4f} -> {h['calibrated']['ece']:.4f} ({h['calibrator']}), adaptive ECE "
+            f"{h['raw']['ece_adaptive']:.4f} -> {h['calibrated']['ece_adaptive']:.4f}")
+    return out
+
+
+def load_data(dataset: str | None, sim: SimConfig, settings: Any, world_file: str | None, log: Log
+              ) -> RankingData:
+    from models import ranking_data as RD
+
+    if not dataset or dataset == "sim":
+        from sim.config import load_config
+
+        return RD.simulate(sim, settings, log, world=load_config(settings, world_file))
+    if dataset.endswith(".npz"):
+        return RankingData.load(dataset)
+    if dataset == "kafka":
+        return RD.load_training_examples(RD.consume_training_examples(settings))
+    raise ValueError(f"--dataset for rankers: sim | FILE.npz | kafka, not {dataset!r}")
+
+
+def run(settings: Any, args: argparse.Namespace, log: Log = _stderr) -> dict[str, Any]:
+    from models.device import describe, resolve_device
+    from models.registry import ModelRegistry
+
+    d = init_from_env(args.device)
+    log = log if d.is_main else (lambda _m: None)  # rank 0 speaks for all
+    try:
+        device = resolve_device(device_for(d, args.device), args.threads)
+        names = list(MODELS) if args.model in ("all", "rankers") else [args.model]
+        sim = SimConfig(days=args.sim_days, sessions_per_h=args.sim_rate,
+                        click_window_s=settings.click_window_s, purchase_window_s=settings.purchase_window_s)
+        data = load_data(args.dataset, sim, settings, args.world, log)
+        if args.save_data and d.is_main:
+            data.save(args.save_data)
+        tr, va, te = time_split(data.times, 0.15, 0.15)
+        parts = (data.take(tr), data.take(va), data.take(te))
+        tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           weight_decay=args.weight_decay, patience=args.patience,
+                           seed=args.seed, labels=args.labels, calibration=args.calibration,
+                           window_ms=int(settings.purchase_window_s * 1000))
+        out_dir = Path(args.artifacts or Path(settings.state_dir) / "rankers")
+        opts = {"quantize": args.quantize, "embed_dim": args.embed_dim, "dropout": args.ranker_dropout,
+                "hidden": [int(h) for h in args.hidden.split(",")], "experts": args.experts,
+                "features": data.meta.get("sample_features") or []}
+        preds: dict[str, npt.NDArray[np.float64]] = {}
+        results = {n: train_one(n, parts, tcfg, device, d, out_dir, opts, log, preds) for n in names}
+        if not d.is_main:
+            return {}
+        test = parts[2]
+        report: dict[str, Any] = {
+            "device": describe(device), "world_size": d.world, "torch": torch.__version__,
+            "data": {k: v for k, v in data.meta.items() if k != "sample_features"} | {
+                "rows": len(data), "train": len(tr), "valid": len(va), "test": len(te),
+                "test_purchases": int(test.labels[:, 2].sum())},
+            "train_config": dataclasses.asdict(tcfg), "artifacts": str(out_dir), "models": results,
+        }
+        cmp: dict[str, Any] = {f"{m}_purchase_auc": r["test"]["purchase"]["raw"]["auc"]
+                               for m, r in results.items() if "purchase" in r["test"]}
+        if not np.isnan(test.p_click_true).any() and 0 < test.labels[:, 2].sum() < len(test):
+            # the hidden truth without position bias: the best a position-free ranker can do
+            truth = test.p_click_true * np.log2(test.position + 2.0)
+            cmp["oracle_purchase_auc"] = metrics.auc(test.labels[:, 2], truth)
+            cmp["oracle_click_auc"] = metrics.auc(test.labels[:, 0], truth)
+        if {"mmoe", "deepfm"} <= set(results):
+            cmp["mmoe_minus_deepfm_purchase_auc"] = cmp["mmoe_purchase_auc"] - cmp["deepfm_purchase_auc"]
+            cmp["mmoe_minus_deepfm_ci95"] = paired_bootstrap(
+                test.labels[:, 2], preds["mmoe"][:, -1], preds["deepfm"][:, 0], test.request)
+        cmp["max_calibrated_ece"] = max(h["calibrated"]["ece"] for r in results.values()
+                                        for h in r["test"].values())
+        report["comparison"] = cmp
+        root = getattr(args, "out", None)
+        if root:
+            reg = ModelRegistry(root)
+            for n, r in results.items():
+                head = {**{f"auc_{t}": h["raw"]["auc"] for t, h in r["test"].items()},  # for `train list`
+                        "max_ece": max(h["calibrated"]["ece"] for h in r["test"].values()),
+                        **{k: v for k, v in r.items() if k != "history"}}
+                version = reg.register(REGISTRY_NAMES[n], out_dir / n, head,
+                                       {"model": n, "version": r["version"]})
+                if args.promote:
+                    reg.promote(REGISTRY_NAMES[n], version)
+                r["registry"] = {"name": REGISTRY_NAMES[n], "version": version,
+                                 "promoted": bool(args.promote)}
+                log(f"registered {REGISTRY_NAMES[n]} {version} under {root}")
+        if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(json.dumps(report, indent=2, default=float) + "\n")
+        log("comparison: " + json.dumps(cmp, default=float))
+        return report
+    finally:
+        d.close()
+
+
+def add_ranker_arguments(p: argparse.ArgumentParser, standalone: bool = False) -> None:
+    """Ranker options. ``standalone`` also adds the options ``recsys train`` already shares
+    with the two-tower trainer (--model, --dataset, --report, --device, --threads, --epochs,
+    --batch-size, --lr, --patience, --seed, --out, --promote)."""
+    d, s = TrainConfig(), SimConfig()
+    g = p.add_argument_group("rankers (deepfm, mmoe)")
+    g.add_argument("--labels", choices=DF.LABEL_MODES, default=d.labels,
+                   help="purchase labels (delayed feedback)")
+    g.add_argument("--calibration", choices=("auto", "platt", "isotonic", "none"), default=d.calibration)
+    g.add_argument("--sim-days", type=float, default=s.days, help="simulated days (2 of warm-up)")
+    g.add_argument("--sim-rate", type=float, default=s.sessions_per_h, help="shopper sessions per sim hour")
+    g.add_argument("--world", metavar="TOML", help="world file (as `recsys sim --world`)")
+    g.add_argument("--save-data", metavar="NPZ", help="save the built ranking rows (reuse with --dataset)")
+    g.add_argument("--artifacts", metavar="DIR", help="model folders (default <state_dir>/rankers)")
+    g.add_argument("--quantize", action="store_true", help="the checkpoint asks for INT8 serving")
+    g.add_argument("--embed-dim", type=int, default=8)
+    g.add_argument("--ranker-dropout", type=float, default=0.1)
+    g.add_argument("--hidden", default="128,64", help="DeepFM MLP / MMoE expert layer sizes")
+    g.add_argument("--experts", type=int, default=4, help="MMoE experts")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    if standalone:
+        p.add_argument("--model", choices=(*MODELS, "all"), default="all")
+        p.add_argument("--dataset", default="sim", help="sim (default) | FILE.npz | kafka")
+        p.add_argument("--report", help="write the JSON report here")
+        p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--epochs", type=int, default=d.epochs)
+        p.add_argument("--batch-size", type=int, default=d.batch_size)
+        p.add_argument("--lr", type=float, default=d.lr)
+        p.add_argument("--patience", type=int, default=d.patience)
+        p.add_argument("--seed", type=int, default=d.seed)
+        p.add_argument("--out", "--registry", dest="out", metavar="DIR", help="model registry root")
+        p.add_argument("--promote", action="store_true")
+
+
+def train_ranker_cli(settings: Any, args: argparse.Namespace) -> int:
+    """``recsys train --model deepfm|mmoe|rankers``: the registry defaults to <state_dir>/models."""
+    from models.device import DeviceError
+    from models.registry import default_root
+
+    if not getattr(args, "out", None):
+        args.out = str(default_root(settings.state_dir))
+    try:
+        report = run(settings, args)
+    except (DeviceError, ValueError) as exc:
+        print(f"recsys train: {exc}", file=sys.stderr)
+        return 2
+    if report:
+        print(json.dumps(report["comparison"], default=float))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from recsys.settings import load_settings
+
+    p = argparse.ArgumentParser(prog="python -m models.train_ranker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_ranker_arguments(p, standalone=True)
+    args = p.parse_args(argv)
+    try:
+        run(load_settings(), args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
