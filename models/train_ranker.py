@@ -65,6 +65,7 @@ class TrainConfig:
     calibration: str = "auto"
     window_ms: int = 7 * 86_400_000  # purchase attribution window (delay-CDF fit)
     max_steps: int = 0  # stop after this many optimiser steps (0 = no limit)
+    neg_ratio: float = 1.0  # keep this share of all-negative rows, weighted 1/ratio
     log_every_s: float = 15.0
 
 
@@ -99,10 +100,30 @@ class Prepared:
     cdf: Tensor  # [n] observable fraction F(elapsed) of a purchase (dfm), else 1
 
 
+def sample_negatives(y: npt.NDArray[Any], w: npt.NDArray[Any], ratio: float, seed: int
+                     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+    """Negative down-sampling with importance weights: rows with no positive label are kept
+    with probability ``ratio`` and weighted ``1/ratio``, so weighted losses and rates stay
+    unbiased. Returns (kept row indices, their weights)."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"neg_ratio must be in (0, 1], got {ratio}")
+    if ratio == 1:
+        return np.arange(len(y)), w
+    neg = ~(y > 0).any(axis=1)
+    keep = ~neg | (np.random.default_rng(seed).random(len(y)) < ratio)
+    w = w.astype(np.float32, copy=True)
+    w[neg] /= ratio
+    return np.flatnonzero(keep), w[keep]
+
+
 def prepare(data: RankingData, tcfg: TrainConfig, device: torch.device) -> tuple[Prepared, dict[str, Any]]:
-    """Training tensors under the purchase-label mode (``delayed_feedback.training_labels``)."""
+    """Training tensors under the purchase-label mode (``delayed_feedback.training_labels``),
+    negatives down-sampled to ``tcfg.neg_ratio`` with importance weights."""
     idx, y, w, cdf, info = DF.training_labels(data.labels, data.times, data.purchase_delay_ms, tcfg.labels,
                                               tcfg.window_ms)
+    kept, w = sample_negatives(y, w, tcfg.neg_ratio, tcfg.seed)
+    idx, y, cdf = idx[kept], y[kept], cdf[kept]
+    info = {**info, "neg_ratio": tcfg.neg_ratio, "rows_after_sampling": len(kept)}
 
     def t(a: npt.NDArray[Any]) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
@@ -330,7 +351,8 @@ def run(settings: Any, args: argparse.Namespace, log: Log = _stderr) -> dict[str
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            weight_decay=args.weight_decay, patience=args.patience,
                            seed=args.seed, labels=args.labels, calibration=args.calibration,
-                           window_ms=int(settings.purchase_window_s * 1000))
+                           window_ms=int(settings.purchase_window_s * 1000),
+                           neg_ratio=getattr(args, "neg_ratio", 1.0))
         out_dir = Path(args.artifacts or Path(settings.state_dir) / "rankers")
         opts = {"quantize": args.quantize, "embed_dim": args.embed_dim, "dropout": args.ranker_dropout,
                 "hidden": [int(h) for h in args.hidden.split(",")], "experts": args.experts,
@@ -393,6 +415,8 @@ def add_ranker_arguments(p: argparse.ArgumentParser, standalone: bool = False) -
     g.add_argument("--labels", choices=DF.LABEL_MODES, default=d.labels,
                    help="purchase labels (delayed feedback)")
     g.add_argument("--calibration", choices=("auto", "platt", "isotonic", "none"), default=d.calibration)
+    g.add_argument("--neg-ratio", type=float, default=d.neg_ratio,
+                   help="keep this share of all-negative rows, weighted 1/ratio (importance weights)")
     g.add_argument("--sim-days", type=float, default=s.days, help="simulated days (2 of warm-up)")
     g.add_argument("--sim-rate", type=float, default=s.sessions_per_h, help="shopper sessions per sim hour")
     g.add_argument("--world", metavar="TOML", help="world file (as `recsys sim --world`)")

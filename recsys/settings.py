@@ -83,6 +83,9 @@ class Settings:
     click_window_s: float = 30 * 60.0  # label join: click attribution window (event time)
     purchase_window_s: float = 7 * 24 * 3600.0  # cart / purchase attribution window
     labels_metrics_port: int = 9104
+    label_time_scale: float = 1.0  # event time / wall time (the simulator's --speed under `up`)
+    retrain_interval_s: float = 120.0  # `recsys up`: retrain the ranker this often (0 = never)
+    retrain_min_examples: int = 2000
     ctr_prior: float = 0.02  # Bayesian smoothing of item CTR / CVR
     cvr_prior: float = 0.05
     rate_prior_strength: float = 20.0

@@ -22,8 +22,21 @@ from proto import events_pb2
 
 @dataclass(frozen=True)
 class Windows:
+    """Attribution windows (event time) and the processing-time waits derived from them:
+    ``time_scale`` > 1 when event time runs faster than wall time (an accelerated simulator),
+    so emission and state expiry wait window / time_scale of wall time."""
+
     click_ms: int = 30 * 60_000
     purchase_ms: int = 7 * 24 * 3600_000
+    time_scale: float = 1.0
+
+    @property
+    def emit_ms(self) -> int:
+        return int(self.click_ms / self.time_scale)
+
+    @property
+    def keep_ms(self) -> int:
+        return int(self.purchase_ms / self.time_scale)
 
 
 @dataclass
@@ -108,24 +121,24 @@ def example(st: LabelState, item: str, now_ms: int, w: Windows, correction: bool
         click_delay_ms=st.click.get(item, 0), purchase_delay_ms=st.purchase.get(item, 0),
         version=version, correction=correction, emitted_at_ms=now_ms,
         elapsed_ms=now_ms - st.arrived_ms,
-        final=now_ms - st.arrived_ms >= w.purchase_ms or item in st.purchase,
+        final=now_ms - st.arrived_ms >= w.keep_ms or item in st.purchase,
     )
 
 
 def due_ms(st: LabelState, w: Windows) -> int:
     """Processing time of this request's next action."""
     if not st.imp_ts:
-        return st.first_seen_ms + w.purchase_ms  # orphan label events: give up then
+        return st.first_seen_ms + w.keep_ms  # orphan label events: give up then
     if not st.versions:
-        return st.arrived_ms + w.click_ms
-    return st.arrived_ms + w.purchase_ms
+        return st.arrived_ms + w.emit_ms
+    return st.arrived_ms + w.keep_ms
 
 
 def on_timer(st: LabelState, now_ms: int, w: Windows) -> tuple[list[events_pb2.TrainingExample], bool]:
     """(examples to emit, whether the state is finished and can be dropped)."""
     if not st.imp_ts:
-        return [], now_ms >= st.first_seen_ms + w.purchase_ms
+        return [], now_ms >= st.first_seen_ms + w.keep_ms
     out: list[events_pb2.TrainingExample] = []
-    if not st.versions and now_ms >= st.arrived_ms + w.click_ms:
+    if not st.versions and now_ms >= st.arrived_ms + w.emit_ms:
         out = [example(st, item, now_ms, w) for item in sorted(st.items, key=lambda i: st.items[i].position)]
-    return out, now_ms >= st.arrived_ms + w.purchase_ms
+    return out, now_ms >= st.arrived_ms + w.keep_ms

@@ -117,7 +117,8 @@ def to_record(ex: events_pb2.TrainingExample) -> KafkaSinkMessage[bytes | None, 
 
 
 def build_label_flow(settings: Settings, flow_id: str = "labels", tail: bool = True) -> Dataflow:
-    windows = L.Windows(int(settings.click_window_s * 1000), int(settings.purchase_window_s * 1000))
+    windows = L.Windows(int(settings.click_window_s * 1000), int(settings.purchase_window_s * 1000),
+                        settings.label_time_scale)
     max_skew_ms = int(settings.max_event_skew_s * 1000)
     brokers = [resolve_kafka_bootstrap(settings)]
     kafka_conf = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}

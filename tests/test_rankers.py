@@ -260,3 +260,25 @@ def test_training_examples_from_the_kafka_topic(settings):
     assert len(records) == 2 and len(data) == 1
     np.testing.assert_array_equal(data.labels, [[1, 0, 1]])
     assert data.dense[0, DENSE.index("u_cat_pref")] == 0.25
+
+
+def test_negative_sampling_keeps_weighted_rates_unbiased():
+    from models.train_ranker import sample_negatives
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((200_000, 3)) < [0.04, 0.01, 0.004]).astype(np.float32)
+    y[:, 1] *= y[:, 0]
+    y[:, 2] *= y[:, 1]  # cart and purchase only after a click
+    w = np.ones_like(y)
+    kept, wk = sample_negatives(y, w, 0.1, seed=1)
+    assert 0.12 * len(y) < len(kept) < 0.15 * len(y)  # ~10% of negatives + every positive
+    assert (y[kept] > 0).any(axis=1).sum() == (y > 0).any(axis=1).sum()
+    for c in range(3):
+        full = y[:, c].mean()
+        weighted = (wk[:, c] * y[kept, c]).sum() / wk[:, c].sum()
+        naive = y[kept, c].mean()
+        assert abs(weighted - full) < 0.05 * full  # importance weights: unbiased
+        assert naive > 5 * full  # without them the rate is inflated
+    assert sample_negatives(y, w, 1.0, 1)[0].size == len(y)
+    with pytest.raises(ValueError):
+        sample_negatives(y, w, 0.0, 1)

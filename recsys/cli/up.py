@@ -44,7 +44,18 @@ def _global_args(settings: Settings, args: argparse.Namespace) -> list[str]:
         g += ["--config", args.config]
     for item in args.set:
         g += ["--set", item]
+    if not any(item.startswith("label_time_scale=") for item in args.set):
+        # the label join's waits follow the simulator's clock (attribution stays in event time)
+        g += ["--set", f"label_time_scale={_sim_speed(args)}"]
     return g
+
+
+def _sim_speed(args: argparse.Namespace) -> float:
+    if args.speed is not None:
+        return float(args.speed)
+    from sim.config import load_config
+
+    return float(load_config(path=args.world).run.speed)
 
 
 def _healthy(address: str) -> bool:
@@ -161,6 +172,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         stream = start("stream", "stream")
         start("labels", "stream", "--flow", "labels")
         start("embeddings", "stream", "--flow", "embeddings")
+        if settings.retrain_interval_s > 0:
+            start("retrain", "retrain")
         scorer = start("serve", "serve")
         sv.wait_until(lambda: _healthy(address), 60, f"the scorer on {address}", scorer)
         print(f"[up] scorer SERVING on {address}; dataflow running (logs in {logs})", flush=True)
