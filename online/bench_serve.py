@@ -29,8 +29,8 @@ import redis
 from online.bench_data import load_items, prepare_ranker
 from online.echo import EchoProcess
 from recsys import supervisor as sv
-from recsys.embedded.broker import EmbeddedBroker
-from recsys.embedded.redis_server import RedisServer, free_port
+from recsys.embedded.redis_server import free_port
+from recsys.embedded.stack import embedded_stack
 from recsys.settings import Settings, settings_to_env
 from sim.loadtest import LoadResult, recommend_requests, run_open_loop
 
@@ -88,20 +88,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                              candidates=args.candidates, ann_enabled=not args.no_ann,
                              grpc_port=free_port(), serve_metrics_port=free_port(),
                              cache_ttl_s=0.0)  # measure the full path, not the result cache
-        broker = rds = None
-        if not settings.kafka_bootstrap:
-            broker = EmbeddedBroker(s)
-            s = s.replace(kafka_bootstrap=broker.bootstrap)
-        if not settings.redis_url:
-            rds = RedisServer(Path(tmp) / "redis", persist=False)
-            s = s.replace(redis_url=rds.url)
-        try:
+        with embedded_stack(s, Path(tmp)) as s:
             return _run(s, settings, args)
-        finally:
-            if rds:
-                rds.stop()
-            if broker:
-                broker.close()
 
 
 def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:

@@ -28,8 +28,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from proto import events_pb2
 from recsys import kafka
 from recsys import supervisor as sv
-from recsys.embedded.broker import EmbeddedBroker
-from recsys.embedded.redis_server import RedisServer, free_port
+from recsys.embedded.redis_server import free_port
+from recsys.embedded.stack import embedded_stack
 from recsys.settings import Settings
 from streams.events import make_event
 from streams.features_flow import build_flow
@@ -153,20 +153,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         s = settings.replace(state_dir=tmp, topic_prefix=f"bench{int(time.time())}.",
                              redis_prefix=f"bench{int(time.time())}", stream_recovery=False)
-        broker = redis = None
-        if not settings.kafka_bootstrap:
-            broker = EmbeddedBroker(s)
-            s = s.replace(kafka_bootstrap=broker.bootstrap)
-        if not settings.redis_url:
-            redis = RedisServer(Path(tmp) / "redis", persist=False)
-            s = s.replace(redis_url=redis.url)
-        try:
+        with embedded_stack(s, Path(tmp)) as s:
             return _run(s, args)
-        finally:
-            if redis:
-                redis.stop()
-            if broker:
-                broker.close()
 
 
 def _run(s: Settings, args: argparse.Namespace) -> int:

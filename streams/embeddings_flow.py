@@ -43,8 +43,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from models.registry import ModelRegistry, RegistryError, default_root
 from online.ann.store import EmbeddingStore
 from proto.keys import Keys
-from recsys.settings import Settings, resolve_kafka_bootstrap, resolve_redis_url
+from recsys.settings import Settings, resolve_redis_url
 from streams import decoders as D
+from streams import kafka_io
 from streams.coalesce import Group, group_by
 from streams.embeddings import (
     I2V,
@@ -391,16 +392,12 @@ def build_embeddings_flow(settings: Settings, flow_id: str = "embeddings", tail:
                           ) -> Dataflow:
     cfg = EmbConfig.from_settings(settings)
     max_skew_ms = int(settings.max_event_skew_s * 1000)
-    brokers = [resolve_kafka_bootstrap(settings)]
-    kafka_conf = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
-    source_conf = {**kafka_conf, "fetch.wait.max.ms": settings.stream_fetch_wait_ms}
     root = default_root(settings.state_dir)
     check_s = float(getattr(settings, "embeddings_model_check_s", 30.0))
     recovery = bool(settings.stream_recovery)
 
     def source(topic: str) -> KafkaSource:
-        return KafkaSource(brokers, [settings.topic(topic)], tail=tail, add_config=source_conf,
-                           batch_size=settings.stream_batch_size, raise_on_errors=False)
+        return kafka_io.source(settings, topic, tail)
 
     flow = Dataflow(flow_id)
     # clickstream: KafkaSourceMessage -> Ev -> (user_id, Group[Ev]) -> Segment

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink, KafkaSource
+from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow, Stream
 
-from recsys.settings import Settings, resolve_kafka_bootstrap, resolve_redis_url
+from recsys.settings import Settings, resolve_redis_url
 from streams import decoders as D
+from streams import kafka_io
 from streams.coalesce import Coalesce, Group, group_by
 from streams.events import Ev, Rejected
 from streams.redis_sink import RedisSink, Write
@@ -103,13 +104,9 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
     cfg = StepConfig.from_settings(settings)
     flush_ms = int(settings.stream_flush_interval_ms)
     max_skew_ms = int(settings.max_event_skew_s * 1000)
-    brokers = [resolve_kafka_bootstrap(settings)]
-    kafka_conf = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
-    source_conf = {**kafka_conf, "fetch.wait.max.ms": settings.stream_fetch_wait_ms}
 
     def source(topic: str) -> KafkaSource:
-        return KafkaSource(brokers, [settings.topic(topic)], tail=tail, add_config=source_conf,
-                           batch_size=settings.stream_batch_size, raise_on_errors=False)
+        return kafka_io.source(settings, topic, tail)
 
     flow = Dataflow(flow_id)
     # clickstream: KafkaSourceMessage -> Ev | Rejected
@@ -156,7 +153,7 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
                     *(op.filter_map(f"rejected_{name}", s, _pick(Rejected))
                       for name, s in (("clicks", clicks), ("imps", imps), ("cat", cat), ("prof", prof))))
     op.output("dead_letter_out", op.map("to_dlq_record", dead, D.to_dead_letter),
-              KafkaSink(brokers, settings.topic("dead_letter"), add_config=kafka_conf))
+              kafka_io.sink(settings, "dead_letter"))
     # Write, or a list of them from one step input (the sink flattens)
     writes = op.merge("all_writes", op.map("session_writes", sess, lambda b: b.writes),
                       op.map("item_writes", item_out, lambda b: b.writes), user_writes, covis)

@@ -16,16 +16,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
 from proto import events_pb2
-from recsys.settings import Settings, resolve_kafka_bootstrap
+from recsys.settings import Settings
+from streams import kafka_io, metrics
 from streams import labels as L
-from streams import metrics
 from streams.events import Ev, parse
 
 EXAMPLES = Counter("recsys_labels_examples_total", "training examples emitted", ["kind"])
@@ -120,13 +120,9 @@ def build_label_flow(settings: Settings, flow_id: str = "labels", tail: bool = T
     windows = L.Windows(int(settings.click_window_s * 1000), int(settings.purchase_window_s * 1000),
                         settings.label_time_scale)
     max_skew_ms = int(settings.max_event_skew_s * 1000)
-    brokers = [resolve_kafka_bootstrap(settings)]
-    kafka_conf = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
-    source_conf = {**kafka_conf, "fetch.wait.max.ms": settings.stream_fetch_wait_ms}
 
     def source(topic: str) -> KafkaSource:
-        return KafkaSource(brokers, [settings.topic(topic)], tail=tail, add_config=source_conf,
-                           batch_size=settings.stream_batch_size, raise_on_errors=False)
+        return kafka_io.source(settings, topic, tail)
 
     flow = Dataflow(flow_id)
     imps = op.flat_map("decode_impression", op.input("impressions_in", flow, source("impressions")),
@@ -138,5 +134,5 @@ def build_label_flow(settings: Settings, flow_id: str = "labels", tail: bool = T
     examples = op.key_rm("unkey_examples", op.stateful(
         "label_join", keyed, lambda resume: LabelJoin(resume, windows)))
     op.output("training_examples_out", op.map("to_record", examples, to_record),
-              KafkaSink(brokers, settings.topic("training"), add_config=kafka_conf))
+              kafka_io.sink(settings, "training"))
     return flow
