@@ -108,12 +108,12 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         sv.wait_until(lambda: bool(sv.scrape(s.serve_metrics_port)), 600, "the scorer", None, 0.5)
         make = recommend_requests(users=args.users, k=args.k, seed=args.seed)
         run_open_loop("recommend", address, 20, 5, make)  # warm up (connections, caches)
-        before = sv.scrape(s.serve_metrics_port)
         rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
                                      args.slo_ms, make)
-        after = sv.scrape(s.serve_metrics_port)
         half = max(rec_max / 2, 10.0)
+        before = sv.scrape(s.serve_metrics_port)  # stage percentiles: the half-load run only
         rep = run_open_loop("recommend", address, half, args.step_s * 2, make).report()
+        after = sv.scrape(s.serve_metrics_port)
     finally:
         proc.terminate()
         proc.wait(30)
