@@ -235,3 +235,24 @@ def plot_curves(out_dir: Path, name: str, history: list[dict[str, float]], curve
     plt.close("all")
     files.append("reliability.png")
     return files
+
+
+def plot_head_auc(out_dir: Path, name: str, heads: Mapping[str, Any]) -> str:
+    """``auc.png``: test AUC per head (from ``train_ranker.calibrate_and_evaluate``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(heads)
+    aucs = [float(heads[t]["raw"]["auc"]) for t in names]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.5))
+    bars = ax.bar(names, aucs, color="#4c72b0")
+    ax.bar_label(bars, fmt="%.3f")
+    ax.axhline(0.5, color="k", lw=1, ls=":", label="random")
+    ax.set(ylim=(0.4, 1.0), ylabel="test AUC", title=f"{name}: AUC per head")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out_dir / "auc.png", dpi=100)
+    plt.close(fig)
+    return "auc.png"

@@ -308,7 +308,8 @@ def train_one(name: str, parts: tuple[RankingData, RankingData, RankingData], tc
            "params": sum(p.numel() for p in model.parameters()),
            "serving": serving_report(path, test.sparse, test.dense, test.labels,
                                      list(opts.get("features") or [])),
-           "files": ["model.pt", *C.plot_curves(folder, name, res.history, curves), "metrics.json"]}
+           "files": ["model.pt", *C.plot_curves(folder, name, res.history, curves),
+                     C.plot_head_auc(folder, name, heads), "metrics.json"]}
     (folder / "metrics.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
     for t, h in heads.items():
         log(f"{name} {t}: AUC {h['raw']['auc']:.4f} logloss {h['raw']['logloss']:.5f} ECE "

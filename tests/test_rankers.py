@@ -237,7 +237,8 @@ def test_cli_wiring_and_pipeline_into_the_registry(sim, tmp_path):
     assert {"deepfm_purchase_auc", "mmoe_purchase_auc", "max_calibrated_ece"} <= set(report["comparison"])
     reg = ModelRegistry(tmp_path / "reg")
     cur = reg.current("ranker")
-    assert cur is not None and (cur.path / "reliability.png").is_file() and (cur.path / "loss.png").is_file()
+    assert cur is not None
+    assert all((cur.path / f).is_file() for f in ("reliability.png", "loss.png", "auc.png"))
     r = RT.load_ranker(cur.path)
     assert r.version == "ranker-v1" and r.predict(data.meta["sample_features"][:5]).shape == (5, 3)
     assert json.loads((tmp_path / "r.json").read_text())["data"]["rows"] == len(data)
