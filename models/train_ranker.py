@@ -43,6 +43,7 @@ from models.ddp import Dist, device_for, init_from_env
 from models.deepfm import TASKS, DeepFM, RankerConfig
 from models.mmoe import MMoE
 from models.ranking_data import RankingData, SimConfig, time_split
+from recsys.reports import write_json
 
 Log = Callable[[str], None]
 MODELS = {"deepfm": ("purchase",), "deepfm_click": ("click",), "mmoe": TASKS}
@@ -399,8 +400,7 @@ def run(settings: Any, args: argparse.Namespace, log: Log = _stderr) -> dict[str
                                  "promoted": bool(args.promote)}
                 log(f"registered {REGISTRY_NAMES[n]} {version} under {root}")
         if args.report:
-            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.report).write_text(json.dumps(report, indent=2, default=float) + "\n")
+            write_json(args.report, report)
         log("comparison: " + json.dumps(cmp, default=float))
         return report
     finally:

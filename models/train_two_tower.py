@@ -42,6 +42,7 @@ from models.session_data import (
     time_split,
 )
 from models.two_tower import LogQSampler, TwoTower, TwoTowerConfig
+from recsys.reports import write_json
 
 Log = Callable[[str], None]
 K = 20
@@ -286,8 +287,7 @@ def run(
         log(f"registered two_tower {version} under {registry_root}" + (" (promoted)" if promote else ""))
     if report is not None:
         rp = Path(report)
-        rp.parent.mkdir(parents=True, exist_ok=True)
-        rp.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(rp, out)
     return out
 
 

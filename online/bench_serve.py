@@ -31,6 +31,7 @@ from online.echo import EchoProcess
 from recsys import supervisor as sv
 from recsys.embedded.redis_server import free_port
 from recsys.embedded.stack import embedded_stack
+from recsys.reports import write_json
 from recsys.settings import Settings, settings_to_env
 from sim.loadtest import LoadResult, recommend_requests, run_open_loop
 
@@ -131,8 +132,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
     }
     print(json.dumps({k: v for k, v in report.items() if not k.endswith("_runs")}, indent=2))
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2))
+        write_json(args.report, report)
     return 0
 
 

@@ -30,6 +30,7 @@ from recsys import kafka
 from recsys import supervisor as sv
 from recsys.embedded.redis_server import free_port
 from recsys.embedded.stack import embedded_stack
+from recsys.reports import write_json
 from recsys.settings import Settings
 from streams.events import make_event
 from streams.features_flow import build_flow
@@ -179,6 +180,5 @@ def _run(s: Settings, args: argparse.Namespace) -> int:
               "partitions": s.partitions, "users": args.users, "items": args.items}
     print(json.dumps(report, indent=2))
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2))
+        write_json(args.report, report)
     return 0

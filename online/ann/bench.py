@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import json
 import os
 import threading
 import time
@@ -30,6 +29,7 @@ import numpy.typing as npt
 import torch
 
 from online.ann.index import AnnIndex
+from recsys.reports import write_json
 from recsys.settings import Settings
 
 K = 100
@@ -266,7 +266,6 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     report = measure(args)
     print(summary(report))
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.report, report)
         print(f"report: {args.report}")
     return 0

@@ -12,12 +12,12 @@ Without ``--duration`` or ``--count`` it runs until Ctrl-C (then flushes and sum
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from recsys.reports import write_json
 from recsys.settings import Settings
 from sim.produce import ProduceError, ProduceStats, produce
 
@@ -69,6 +69,5 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
           f"{rep['rate_error_pct']:+.2f}%), delivered {rep['delivered']}, "
           f"failed {rep['failed']} {rep['errors'] or ''}".rstrip())
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(rep, indent=2) + "\n")
+        write_json(args.report, rep)
     return 0 if stats.failed == 0 and not stats.errors else 1

@@ -16,13 +16,13 @@ A directory means its timed file (``test_sessions_item_ts.jsonl.gz``) if present
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from recsys.reports import write_json
 from recsys.settings import Settings
 from sim.replay import DEFAULT_GAP_S, ReplayError, ReplayStats, replay
 
@@ -81,6 +81,5 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
           f"at speed {args.speed:g}), "
           f"delivered {rep['delivered']}, failed {rep['failed']} {rep['errors'] or ''}".rstrip())
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(rep, indent=2) + "\n")
+        write_json(args.report, rep)
     return 0 if stats.failed == 0 and not stats.errors else 1

@@ -10,7 +10,6 @@ simulator's own ``oracle`` arm, after ``--warmup-s`` wall seconds, with 95% CIs.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from recsys.reports import write_json
 from recsys.settings import Settings
 from sim.config import SimConfigError, load_config
 from sim.simulator import Simulator
@@ -121,6 +121,5 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     report = sim.report()
     print(f"\nsimulator done: {summary(report)}", flush=True)
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2))
+        write_json(args.report, report)
     return 0

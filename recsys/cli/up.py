@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys import supervisor as sv
+from recsys.reports import write_json
 from recsys.settings import BROKER_FILE, REDIS_FILE, Settings
 
 NAME = "up"
@@ -210,8 +211,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         report = _report(state, status, stream)
         print(f"[up] {json.dumps(report)}", flush=True)
         if args.report:
-            args.report.parent.mkdir(parents=True, exist_ok=True)
-            args.report.write_text(json.dumps(report, indent=2))
+            write_json(args.report, report)
             print(f"[up] report written to {args.report}", flush=True)
         return 0
     except RuntimeError as exc:
