@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/recsys up $(ARGS)
 
-## Lint, type-check and run the test suite (slow suites excluded).
+## Lint, type-check and run the whole test suite.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy recsys proto streams online models sim
