@@ -40,6 +40,15 @@ def mean_auc(labels: Any, probs: Any) -> float:
     return float(sum(aucs) / len(aucs)) if aucs else math.nan
 
 
+def heuristic_predictions(dense: Any) -> Any:
+    """The heuristic ranker's probabilities from logged dense features (DENSE column order)."""
+    from online.features import DENSE
+    from online.ranking import HeuristicRanker
+
+    rows = [dict(zip(DENSE, map(float, row), strict=True)) for row in dense]
+    return HeuristicRanker().predict(rows)
+
+
 def round_once(settings: Settings, epochs: int, min_examples: int) -> dict[str, Any]:
     from models.ranker_runtime import load_ranker
     from models.ranking_data import consume_training_examples, load_training_examples, time_split
@@ -65,15 +74,16 @@ def round_once(settings: Settings, epochs: int, min_examples: int) -> dict[str, 
     new_version = reg.versions(settings.ranker_model)[-1]
     new = load_ranker(reg.path(settings.ranker_model, new_version), threads=1)
     new_auc = mean_auc(test.labels, new.predict_arrays(test.sparse, test.dense))
-    cur_auc = math.nan
     if current is not None:
         cur = load_ranker(current.path, threads=1)
         cur_auc = mean_auc(test.labels, cur.predict_arrays(test.sparse, test.dense))
+    else:  # nothing promoted yet: the scorer serves the heuristic, which must be beaten too
+        cur_auc = mean_auc(test.labels, heuristic_predictions(test.dense))
     better = not math.isnan(new_auc) and (math.isnan(cur_auc) or new_auc > cur_auc)
     if better:
         reg.promote(settings.ranker_model, new_version)
     return {"action": "promoted" if better else "kept", "new_version": new_version,
-            "new_auc": new_auc, "current_version": current.version if current else None,
+            "new_auc": new_auc, "current_version": current.version if current else "heuristic-v1",
             "current_auc": cur_auc, "examples": len(records), "eval_rows": len(test)}
 
 
