@@ -93,13 +93,32 @@ class EventFactory:
         return user_id, ev.SerializeToString()
 
 
-@dataclass
-class ProduceStats:
-    target_rate: float
-    produced: int = 0
+@dataclass(kw_only=True)
+class DeliveryStats:
+    """Delivery accounting shared by every producer loop (produce, replay)."""
+
     delivered: int = 0
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            self.errors[err.name()] = self.errors.get(err.name(), 0) + 1
+
+    def flush(self, prod: Producer, timeout_s: float) -> None:
+        """Wait for outstanding deliveries; count what is still undelivered at exit."""
+        left = prod.flush(timeout_s)
+        if left:
+            self.errors["NOT_DELIVERED_AT_EXIT"] = left
+
+
+@dataclass
+class ProduceStats(DeliveryStats):
+    target_rate: float
+    produced: int = 0
     elapsed_s: float = 0.0  # start .. last send (schedule time)
     flush_s: float = 0.0
 
@@ -170,13 +189,6 @@ def produce(
     prod = connect(settings, topic)
     stats = ProduceStats(rate)
 
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        if err is None:
-            stats.delivered += 1
-        else:
-            stats.failed += 1
-            stats.errors[err.name()] = stats.errors.get(err.name(), 0) + 1
-
     run_id = uuid.uuid4().hex[:12]
     interval = 1.0 / rate
     n = 0
@@ -194,7 +206,7 @@ def produce(
                 pending = factory.draws(BATCH)[::-1]
             key, value = factory.encode(pending[-1], f"{run_id}-{n}", now_ms)
             try:
-                prod.produce(topic, value, key.encode(), on_delivery=on_delivery)
+                prod.produce(topic, value, key.encode(), on_delivery=stats.on_delivery)
             except BufferError:  # local queue full: let librdkafka drain, then retry
                 prod.poll(0.05)
                 continue
@@ -210,8 +222,6 @@ def produce(
         if wait > 0:
             time.sleep(min(wait, 0.05))
     t_flush = time.monotonic()
-    left = prod.flush(flush_timeout_s)
+    stats.flush(prod, flush_timeout_s)
     stats.flush_s = time.monotonic() - t_flush
-    if left:
-        stats.errors["NOT_DELIVERED_AT_EXIT"] = left
     return stats

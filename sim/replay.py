@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import KafkaError, Message
-
 from proto import events_pb2
 from recsys.settings import Settings
-from sim.produce import ProduceError, connect
+from sim.produce import DeliveryStats, ProduceError, connect
 
 TIMED_FILE = "test_sessions_item_ts.jsonl.gz"
 UNTIMED_FILE = "train_sessions.txt.gz"
@@ -140,18 +138,15 @@ def _parse_timed(line: str, file: Path, k: int) -> list[tuple[str, int]]:
 
 
 @dataclass
-class ReplayStats:
+class ReplayStats(DeliveryStats):
     dataset: str
     speed: float
     total: int
     produced: int = 0
-    delivered: int = 0
-    failed: int = 0
     sessions: set[int] = field(default_factory=set, repr=False)
     first_ts_ms: int = 0
     last_ts_ms: int = 0
     elapsed_s: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -202,13 +197,6 @@ def replay(
         raise ReplayError(str(exc)) from None
     stats = ReplayStats(ds.label, speed, ds.total_events)
 
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        if err is None:
-            stats.delivered += 1
-        else:
-            stats.failed += 1
-            stats.errors[err.name()] = stats.errors.get(err.name(), 0) + 1
-
     id_base = f"replay:{ds.label}:" + (f"{tag}:" if tag else "")
     t0 = time.monotonic()
     next_status = t0 + 1.0
@@ -234,7 +222,7 @@ def replay(
         ).SerializeToString()
         while True:
             try:
-                prod.produce(topic, value, user.encode(), on_delivery=on_delivery)
+                prod.produce(topic, value, user.encode(), on_delivery=stats.on_delivery)
                 break
             except BufferError:  # local queue full: let librdkafka drain
                 prod.poll(0.05)
@@ -244,7 +232,5 @@ def replay(
         if stats.produced % 1000 == 0:
             prod.poll(0)
     stats.elapsed_s = time.monotonic() - t0
-    left = prod.flush(flush_timeout_s)
-    if left:
-        stats.errors["NOT_DELIVERED_AT_EXIT"] = left
+    stats.flush(prod, flush_timeout_s)
     return stats
