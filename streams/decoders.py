@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from proto import events_pb2
 from streams import metrics
@@ -40,55 +41,70 @@ def decode_clickstream(msg: Any, max_skew_ms: int) -> Ev | Rejected:
     return out
 
 
-def decode_catalog(msg: Any) -> CatalogRow | Rejected:
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed(Generic[M]):
+    """A decoded protobuf value with where it came from (for a dead letter if it is invalid)."""
+
+    value: M
+    raw: bytes
+    topic: str
+    partition: int
+    offset: int
+    ingest_ms: int
+
+    def reject(self, reason: str, stage: str) -> Rejected:
+        return Rejected(reason, self.raw, self.topic, self.partition, self.offset, stage)
+
+
+def _parse(msg: Any, cls: type[M], stage: str) -> Parsed[M] | Rejected:
+    """Kafka message -> protobuf ``cls``, or the ``Rejected`` a dead letter is made of."""
     if not isinstance(msg, KafkaSourceMessage):
         return _kafka_error(msg)
     topic, part, offset, ingest_ms = _meta(msg)
     raw = msg.value or b""
-    item = events_pb2.ItemUpsert()
+    value = cls()
     try:
-        item.ParseFromString(raw)
+        value.ParseFromString(raw)
     except (DecodeError, ValueError) as exc:
-        return Rejected(f"undecodable ItemUpsert: {exc}", raw, topic, part, offset, "decode_catalog")
+        return Rejected(f"undecodable {cls.__name__}: {exc}", raw, topic, part, offset, stage)
+    return Parsed(value, raw, topic, part, offset, ingest_ms)
+
+
+def decode_catalog(msg: Any) -> CatalogRow | Rejected:
+    p = _parse(msg, events_pb2.ItemUpsert, "decode_catalog")
+    if isinstance(p, Rejected):
+        return p
+    item = p.value
     if not item.item_id or item.price < 0 or item.price != item.price:
         reason = "missing item_id" if not item.item_id else f"invalid price {item.price}"
-        return Rejected(reason, raw, topic, part, offset, "decode_catalog")
+        return p.reject(reason, "decode_catalog")
     return CatalogRow(item.item_id, item.title, item.category, item.brand, item.price, item.rating,
-                      item.active, item.updated_ms, ingest_ms)
+                      item.active, item.updated_ms, p.ingest_ms)
 
 
 def decode_profile(msg: Any) -> ProfileRow | Rejected:
-    if not isinstance(msg, KafkaSourceMessage):
-        return _kafka_error(msg)
-    topic, part, offset, ingest_ms = _meta(msg)
-    raw = msg.value or b""
-    prof = events_pb2.UserProfile()
-    try:
-        prof.ParseFromString(raw)
-    except (DecodeError, ValueError) as exc:
-        return Rejected(f"undecodable UserProfile: {exc}", raw, topic, part, offset, "decode_profile")
+    p = _parse(msg, events_pb2.UserProfile, "decode_profile")
+    if isinstance(p, Rejected):
+        return p
+    prof = p.value
     if not prof.user_id:
-        return Rejected("missing user_id", raw, topic, part, offset, "decode_profile")
+        return p.reject("missing user_id", "decode_profile")
     return ProfileRow(prof.user_id, prof.country, prof.age_bucket, prof.signup_ms, prof.updated_ms,
-                      ingest_ms)
+                      p.ingest_ms)
 
 
 def decode_impressions(msg: Any) -> list[Touch | Rejected]:
     """One impression ``Touch`` per served item (counts for CTR); degraded answers count too."""
-    if not isinstance(msg, KafkaSourceMessage):
-        return [_kafka_error(msg)]
-    topic, part, offset, ingest_ms = _meta(msg)
-    raw = msg.value or b""
-    imp = events_pb2.Impression()
-    try:
-        imp.ParseFromString(raw)
-    except (DecodeError, ValueError) as exc:
-        return [Rejected(f"undecodable Impression: {exc}", raw, topic, part, offset,
-                         "decode_impressions")]
+    p = _parse(msg, events_pb2.Impression, "decode_impressions")
+    if isinstance(p, Rejected):
+        return [p]
+    imp = p.value
     if not imp.request_id or imp.event_time_ms <= 0:
-        return [Rejected("impression without request_id or time", raw, topic, part, offset,
-                         "decode_impressions")]
-    return [Touch(it.item_id, "", "impression", imp.event_time_ms, 1, 0.0, ingest_ms)
+        return [p.reject("impression without request_id or time", "decode_impressions")]
+    return [Touch(it.item_id, "", "impression", imp.event_time_ms, 1, 0.0, p.ingest_ms)
             for it in imp.items if it.item_id]
 
 
