@@ -20,6 +20,7 @@ from typing import Any
 
 from bytewax.operators import StatefulLogic
 
+from streams import metrics
 from streams.redis_sink import Write
 
 Step = Callable[[Any, Any], tuple[Any, list[Any]]]
@@ -48,10 +49,14 @@ def _now_ms() -> int:
 
 class Coalesce(StatefulLogic[Any, Any, Snapshot]):
     def __init__(self, step: Step, resume: Snapshot | None, interval_ms: int,
-                 wrap: Callable[[list[Any]], Any], copy_state: bool = False) -> None:
+                 wrap: Callable[[list[Any]], Any], copy_state: bool = False,
+                 name: str = "") -> None:
         self.step, self.interval_ms, self.wrap, self.copy_state = step, interval_ms, wrap, copy_state
         state, pending, last = resume if resume is not None else (None, [], 0)
         self.state: Any = state
+        self.keys = metrics.STATE_KEYS.labels(name or "state")
+        if state is not None:  # a key restored from a recovery snapshot
+            self.keys.inc()
         self.pending: dict[tuple[str, str, str], Write] = {}
         for w in pending:
             self._hold(w)
@@ -73,6 +78,7 @@ class Coalesce(StatefulLogic[Any, Any, Snapshot]):
         return out
 
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
+        new_key = self.state is None
         rest = []
         for x in value.items if isinstance(value, Group) else (value,):
             self.state, outs = self.step(self.state, x)
@@ -81,6 +87,8 @@ class Coalesce(StatefulLogic[Any, Any, Snapshot]):
                     self._hold(o)
                 else:
                     rest.append(o)
+        if new_key and self.state is not None:  # keys are never discarded: a live-key count
+            self.keys.inc()
         now = _now_ms()
         if self.pending and now - self.last_flush_ms >= self.interval_ms:
             rest.extend(self._flush(now))

@@ -97,7 +97,8 @@ def coalesced(step_id: str, keyed: Any, step: Any, interval_ms: int, wrap: Any =
               copy_state: bool = False) -> Any:
     """A pure keyed step whose Redis writes are coalesced per key (``streams.coalesce``)."""
     return op.key_rm(f"unkey_{step_id}", op.stateful(
-        step_id, keyed, lambda resume: Coalesce(step, resume, interval_ms, wrap, copy_state)))
+        step_id, keyed, lambda resume: Coalesce(step, resume, interval_ms, wrap, copy_state,
+                                                step_id)))
 
 
 def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True) -> Dataflow:

@@ -33,7 +33,7 @@ FRESHNESS = Histogram(
 )
 UNCATALOGUED = Counter("recsys_stream_uncatalogued_total",
                        "user events passed on without item category (catalog row never arrived)")
-STATE_KEYS = Gauge("recsys_stream_state_keys", "keys in keyed state", ["state"])
+STATE_KEYS = Gauge("recsys_stream_state_keys", "keys held in keyed state by this process", ["state"])
 
 _processed: dict[tuple[str, int], int] = {}
 _lock = threading.Lock()

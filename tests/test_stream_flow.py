@@ -12,6 +12,7 @@ from proto import codecs, events_pb2
 from proto.keys import Keys
 from recsys import kafka
 from streams import features as F
+from streams import metrics
 from streams.events import make_event
 from streams.features_flow import build_flow
 
@@ -57,7 +58,10 @@ def test_sessions_item_counts_covisit_and_dead_letters(settings, redis_client):
         ("u5", make_event(event_id="e7", ts_ms=NOW, user_id="u5", type=events_pb2.VIEW)),  # no item
     ]
     _produce(settings, events)
+    keys_before = {n: metrics.STATE_KEYS.labels(n)._value.get() for n in ("sessionize", "item_step")}
     run_main(build_flow(settings, flow_id="t", tail=False))
+    new_keys = {n: metrics.STATE_KEYS.labels(n)._value.get() - v for n, v in keys_before.items()}
+    assert new_keys == {"sessionize": 2, "item_step": 3}  # users u1, u2; items a, b, c
 
     s1 = codecs.decode(redis_client.get(keys.session("u1")))
     assert s1 is not None and s1["items"] == ["c", "b", "a"]
