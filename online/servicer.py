@@ -214,8 +214,8 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                   req: recommend_pb2.RecommendRequest, surface: str, now_ms: int
                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         ids = [c.item_id for c in cands]
-        stats, catalog = self.store.items(ids + state.last_viewed)
-        stats = stats[: len(ids)]
+        # stats for the candidates; catalog rows for them and for the session's items (affinity)
+        stats, catalog = self.store.items(ids, catalog_also=state.last_viewed)
         affinity = S.category_affinity(state.last_viewed, catalog)
         ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
         last = frozenset(state.last_viewed)
