@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 LANDMARK_MS = 1_700_000_000_000  # 2023-11-14; any fixed instant works
@@ -75,9 +75,11 @@ class SessionUpdate:
 
 
 def _count_inc(counts: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int], ...]:
-    d = dict(counts)
-    d[key] = d.get(key, 0) + 1
-    return tuple(sorted(d.items()))
+    """``counts`` (sorted by key) with ``key`` incremented (a handful of event types)."""
+    for i, (k, n) in enumerate(counts):
+        if k == key:
+            return (*counts[:i], (k, n + 1), *counts[i + 1:])
+    return tuple(sorted((*counts, (key, 1))))
 
 
 def update_session(
@@ -108,21 +110,24 @@ def update_session(
                              version=state.version if state else 0)
     recent = (*state.recent_ids, event_id)[-DEDUP_WINDOW:]
     counts = _count_inc(state.counts, etype)
-    last_ms = max(state.last_ms, ts_ms)
-    start_ms = min(state.start_ms, ts_ms)
+    last_ms = state.last_ms if state.last_ms >= ts_ms else ts_ms
+    start_ms = state.start_ms if state.start_ms <= ts_ms else ts_ms
     if etype not in ("view", "click") or not item_id:
-        new = replace(state, last_ms=last_ms, start_ms=start_ms, counts=counts,
-                      recent_ids=recent, version=state.version + 1)
+        new = SessionState(state.session_id, start_ms, last_ms, state.last_viewed, state.sequence,
+                           counts, recent, state.version + 1)
         return SessionUpdate(new, duplicate=False)
-    if not state.sequence or ts_ms >= state.sequence[-1][1]:  # the common, in-order case
-        seq = [*state.sequence, (item_id, ts_ms)][-max_seq:]
+    seq = state.sequence
+    if not seq or ts_ms >= seq[-1][1]:  # the common, in-order case: appended last
+        seq = (*seq, (item_id, ts_ms))[-max_seq:]
+        pos = len(seq) - 1
     else:
-        seq = sorted((*state.sequence, (item_id, ts_ms)), key=lambda p: p[1])[-max_seq:]
-    pos = next(i for i in range(len(seq) - 1, -1, -1) if seq[i] == (item_id, ts_ms))
+        seq = tuple(sorted((*seq, (item_id, ts_ms)), key=lambda p: p[1])[-max_seq:])
+        pos = next(i for i in range(len(seq) - 1, -1, -1) if seq[i] == (item_id, ts_ms))
     pairs: list[tuple[str, str, float]] = []
     seen: set[str] = {item_id}
     dist = 0
-    for other, _ts in reversed(seq[:pos]):
+    for i in range(pos - 1, -1, -1):
+        other = seq[i][0]
         if other in seen:
             continue
         seen.add(other)
@@ -132,16 +137,14 @@ def update_session(
         pairs.append((other, item_id, 1.0 / dist))
         pairs.append((item_id, other, 1.0 / dist))
     last_viewed: list[str] = []
-    for other, _ts in reversed(seq):
+    for i in range(len(seq) - 1, -1, -1):
+        other = seq[i][0]
         if other not in last_viewed:
             last_viewed.append(other)
-        if len(last_viewed) == last_n:
-            break
-    new = SessionState(
-        session_id=state.session_id, start_ms=start_ms, last_ms=last_ms,
-        last_viewed=tuple(last_viewed), sequence=tuple(seq), counts=counts,
-        recent_ids=recent, version=state.version + 1,
-    )
+            if len(last_viewed) == last_n:
+                break
+    new = SessionState(state.session_id, start_ms, last_ms, tuple(last_viewed), seq, counts,
+                       recent, state.version + 1)
     return SessionUpdate(new, duplicate=False, pairs=tuple(pairs))
 
 

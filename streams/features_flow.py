@@ -34,6 +34,7 @@ from streams.events import Ev, Rejected
 from streams.redis_sink import RedisSink, Write
 from streams.steps import (
     CatalogRow,
+    CoVisits,
     Pair,
     ProfileRow,
     StepConfig,
@@ -62,12 +63,12 @@ class Bundle:
 
     writes: list[Write] = field(default_factory=list)
     touches: list[Touch] = field(default_factory=list)
-    pairs: list[Pair] = field(default_factory=list)
+    covisits: list[CoVisits] = field(default_factory=list)
     user_touches: list[UserTouch] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
 
 
-_SLOTS = {Write: "writes", Touch: "touches", Pair: "pairs", UserTouch: "user_touches",
+_SLOTS = {Write: "writes", Touch: "touches", CoVisits: "covisits", UserTouch: "user_touches",
           Rejected: "rejected"}
 
 
@@ -84,6 +85,13 @@ def _user(x: Any) -> str:
 
 def _item(x: Any) -> str:
     return str(x.item_id)
+
+
+def _events_by_user(decoded: list[Ev | Rejected]) -> list[Group | Rejected]:
+    """A decoded batch: its valid events grouped by user (one keyed record per user), then its
+    rejects."""
+    groups = group_by([x for x in decoded if isinstance(x, Ev)], _user)
+    return [*groups, *(x for x in decoded if isinstance(x, Rejected))]
 
 
 def to_bundle(outs: list[Any]) -> Bundle:
@@ -110,12 +118,12 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
         return kafka_io.source(settings, topic, tail)
 
     flow = Dataflow(flow_id)
-    # clickstream: KafkaSourceMessage -> Ev | Rejected
-    clicks = op.map("decode_validate", op.input("clickstream_in", flow, source("clickstream")),
-                    lambda m: D.decode_clickstream(m, max_skew_ms))
-    events: Stream[Ev] = op.filter_map("valid_events", clicks, _pick(Ev))
-    # (user_id, Ev) -> Bundle(writes, touches, pairs, rejected)
-    by_user = op.flat_map_batch("group_events", events, lambda es: group_by(es, _user))
+    # clickstream: a batch of KafkaSourceMessage -> Group[Ev] per user | Rejected
+    clicks = op.flat_map_batch("decode_validate", op.input("clickstream_in", flow,
+                                                           source("clickstream")),
+                               lambda ms: _events_by_user(D.decode_clickstream_batch(ms, max_skew_ms)))
+    by_user: Stream[Group] = op.filter_map("user_events", clicks, _pick(Group))
+    # (user_id, Group[Ev]) -> Bundle(writes, touches, covisits, rejected)
     sess = coalesced("sessionize", op.key_on("key_by_user", by_user, _key),
                      lambda s, e: sessionize(cfg, s, e), flush_ms)
     # impressions: KafkaSourceMessage -> Touch (per served item) | Rejected
@@ -142,10 +150,10 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
                         op.filter_map("profile_rows", prof, _pick(ProfileRow)))
     user_writes = coalesced("user_step", op.key_on("key_by_user_2", to_users, _key),
                             lambda s, x: user_step(cfg, s, x), flush_ms, wrap=list)
-    # co-visitation: (src, Pair) -> Write
-    # pairs: combined per batch by source item, then (src, Pair) -> Write
+    # co-visitation: CoVisits combined per batch into one Pair per source item,
+    # then (src, Pair) -> Write
     pairs = op.flat_map_batch("combine_pairs", sess,
-                              lambda bs: combine_pairs([p for b in bs for p in b.pairs]))
+                              lambda bs: combine_pairs([c for b in bs for c in b.covisits]))
     covis = coalesced("covisit", op.key_on("key_by_src", pairs, lambda p: p.src),
                       lambda s, p: covisit_step(cfg, s, p), flush_ms, wrap=list, copy_state=True)
 

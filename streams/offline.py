@@ -20,11 +20,13 @@ from streams.events import Ev, Rejected
 from streams.redis_sink import Write, materialize
 from streams.steps import (
     CatalogRow,
+    CoVisits,
     Pair,
     ProfileRow,
     StepConfig,
     Touch,
     UserTouch,
+    combine_pairs,
     covisit_step,
     item_step,
     sessionize,
@@ -109,6 +111,8 @@ class OfflineBuilder:
                 self.items[x.item_id], outs = item_step(self.cfg, self.items.get(x.item_id), x)
             elif isinstance(x, UserTouch | ProfileRow):
                 self.users[x.user_id], outs = user_step(self.cfg, self.users.get(x.user_id), x)
+            elif isinstance(x, CoVisits):
+                outs = list(combine_pairs([x]))
             elif isinstance(x, Pair):
                 self.covisit[x.src], outs = covisit_step(self.cfg, self.covisit.get(x.src), x)
             elif isinstance(x, Write):

@@ -71,26 +71,41 @@ class ProfileRow:
 
 
 @dataclass(frozen=True, slots=True)
+class CoVisits:
+    """The co-visitations one accepted event created: ``(src, dst, weight)`` triples."""
+
+    pairs: tuple[tuple[str, str, float], ...]
+    ts_ms: int
+    ingest_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Pair:
     """Co-visitations of one source item: ``src`` was seen near each ``dst`` with a weight, at
-    an event time. Pairs of one source may be combined (``combine_pairs``) before keying."""
+    an event time (``combine_pairs`` makes one per source item from a batch of ``CoVisits``)."""
 
     src: str
     dsts: tuple[tuple[str, float, int], ...]  # (dst, weight, event time ms)
     ingest_ms: int
 
 
-def combine_pairs(pairs: list[Pair]) -> list[Pair]:
-    """Map-side combine: one record per source item (fewer keyed records for hot items)."""
+def combine_pairs(covisits: list[CoVisits]) -> list[Pair]:
+    """Map-side combine: one record per source item (fewer keyed records for hot items), its
+    destinations in arrival order."""
     by_src: dict[str, tuple[list[tuple[str, float, int]], int]] = {}
-    for p in pairs:
-        dsts, ingest = by_src.get(p.src, ([], p.ingest_ms))
-        dsts.extend(p.dsts)
-        by_src[p.src] = (dsts, min(ingest, p.ingest_ms))
+    for c in covisits:
+        for src, dst, weight in c.pairs:
+            got = by_src.get(src)
+            if got is None:
+                by_src[src] = ([(dst, weight, c.ts_ms)], c.ingest_ms)
+            else:
+                got[0].append((dst, weight, c.ts_ms))
+                if c.ingest_ms < got[1]:
+                    by_src[src] = (got[0], c.ingest_ms)
     return [Pair(src, tuple(dsts), ingest) for src, (dsts, ingest) in by_src.items()]
 
 
-Out = Write | Touch | Pair | Rejected | UserTouch
+Out = Write | Touch | CoVisits | Rejected | UserTouch
 
 
 @dataclass(frozen=True)
@@ -142,10 +157,8 @@ def sessionize(cfg: StepConfig, state: F.SessionState | None, ev: Ev
     if ev.item_id:
         out.append(Touch(ev.item_id, ev.user_id, ev.type, ev.ts_ms, ev.quantity, ev.price,
                          ev.ingest_ms))
-    grouped: dict[str, list[tuple[str, float, int]]] = {}
-    for a, b, w in upd.pairs:
-        grouped.setdefault(a, []).append((b, w, ev.ts_ms))
-    out.extend(Pair(src, tuple(dsts), ev.ingest_ms) for src, dsts in grouped.items())
+    if upd.pairs:
+        out.append(CoVisits(upd.pairs, ev.ts_ms, ev.ingest_ms))
     return upd.state, out
 
 
