@@ -7,7 +7,7 @@ gets hundreds of events a second writes a few times a second instead of hundreds
 writes are part of the snapshot and flushed on a timer and at end of input, so the final
 Redis state is exactly what writing every update would give (same last value per key).
 
-Snapshots return the state itself: step states are immutable (frozen dataclasses) or private
+Snapshots return the state itself: step states are values (never changed once made) or private
 maps copied shallowly here, which avoids the generic operators' per-epoch ``deepcopy``.
 """
 

@@ -42,9 +42,12 @@ def decayed_value(log_score: float | None, now_ms: int, half_life_s: float) -> f
 # sessions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionState:
-    """One user's live session. ``last_viewed`` is most-recent-first, at most N items."""
+    """One user's live session. ``last_viewed`` is most-recent-first, at most N items.
+
+    A value: ``update_session`` returns a new state and never changes the one it was given (not
+    ``frozen`` only because a frozen dataclass costs ~5x as much to create, once per event)."""
 
     session_id: str
     start_ms: int
@@ -67,14 +70,14 @@ class SessionState:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionUpdate:
     state: SessionState
     duplicate: bool
     pairs: tuple[tuple[str, str, float], ...] = field(default=())  # co-visitation (a, b, w)
 
 
-def _count_inc(counts: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int], ...]:
+def count_inc(counts: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int], ...]:
     """``counts`` (sorted by key) with ``key`` incremented (a handful of event types)."""
     for i, (k, n) in enumerate(counts):
         if k == key:
@@ -109,7 +112,7 @@ def update_session(
                              recent_ids=state.recent_ids if state else (),
                              version=state.version if state else 0)
     recent = (*state.recent_ids, event_id)[-DEDUP_WINDOW:]
-    counts = _count_inc(state.counts, etype)
+    counts = count_inc(state.counts, etype)
     last_ms = state.last_ms if state.last_ms >= ts_ms else ts_ms
     start_ms = state.start_ms if state.start_ms <= ts_ms else ts_ms
     if etype not in ("view", "click") or not item_id:

@@ -20,9 +20,11 @@ from streams.events import Ev, Rejected
 from streams.redis_sink import Lazy, Write
 
 # --- records flowing between steps -------------------------------------------------------
+# Values: never changed once made. The per-event ones are not ``frozen`` only because a frozen
+# dataclass costs ~5x as much to create.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Touch:
     """An accepted (de-duplicated) event as seen by one item."""
 
@@ -48,7 +50,7 @@ class CatalogRow:
     ingest_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserTouch:
     """An event enriched with its item's catalog fields, on its way to the user's features."""
 
@@ -70,7 +72,7 @@ class ProfileRow:
     ingest_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoVisits:
     """The co-visitations one accepted event created: ``(src, dst, weight)`` triples."""
 
@@ -79,7 +81,7 @@ class CoVisits:
     ingest_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pair:
     """Co-visitations of one source item: ``src`` was seen near each ``dst`` with a weight, at
     an event time (``combine_pairs`` makes one per source item from a batch of ``CoVisits``)."""
