@@ -42,8 +42,15 @@ class Write(NamedTuple):
     kind: str = ""  # metric label
 
 
+MSET_CHUNK = 1000  # keys per MSET command
+
+
 def apply_writes(client: redis.Redis, writes: list[Write], ttl_s: int | None = None) -> int:
-    """Apply writes in one pipeline; later writes to the same key win within a batch."""
+    """Apply writes in one pipeline; later writes to the same key win within a batch.
+
+    Few commands: the SETs go out as MSETs (when there is no TTL) and a key's ZADD or SADD
+    writes in a row as one command each (``_merged``); the resulting state is that of applying
+    every write in order."""
     last: dict[tuple[str, str], Write] = {}
     adds: list[Write] = []
     for w in writes:
@@ -52,27 +59,51 @@ def apply_writes(client: redis.Redis, writes: list[Write], ttl_s: int | None = N
         else:
             adds.append(w)
     pipe = client.pipeline(transaction=False)
+    values = [(w.key, materialize(w.value)) for w in last.values() if w.op == "set"]
+    if ttl_s is None:
+        for i in range(0, len(values), MSET_CHUNK):
+            pipe.mset(dict(values[i:i + MSET_CHUNK]))
+    else:
+        for key, value in values:
+            pipe.set(key, value, ex=ttl_s)
     for w in last.values():
-        if w.op == "set":
-            pipe.set(w.key, materialize(w.value), ex=ttl_s)
-        else:  # replace a ZSET
+        if w.op == "zreplace":  # replace a ZSET
             mapping = materialize(w.value)
             pipe.delete(w.key)
             if mapping:
                 pipe.zadd(w.key, mapping)
-    for w in adds:
-        if w.op == "zadd":
-            pipe.zadd(w.key, w.value)
-        elif w.op == "sadd":
-            pipe.sadd(w.key, w.value)
-        elif w.op == "zrem":
-            pipe.zrem(w.key, w.value)
-        elif w.op == "ztrim":  # keep the top ``value`` members by score
-            pipe.zremrangebyrank(w.key, 0, -int(w.value) - 1)
+    for op, key, arg in _merged(adds):
+        if op == "zadd":
+            pipe.zadd(key, arg)
+        elif op == "sadd":
+            pipe.sadd(key, *arg)
+        elif op == "zrem":
+            pipe.zrem(key, arg)
+        elif op == "ztrim":  # keep the top ``arg`` members by score
+            pipe.zremrangebyrank(key, 0, -int(arg) - 1)
         else:
-            raise ValueError(f"unknown state write op {w.op!r}")
+            raise ValueError(f"unknown state write op {op!r}")
     pipe.execute()
     return len(last) + len(adds)
+
+
+def _merged(adds: list[Write]) -> list[tuple[str, str, Any]]:
+    """Writes as commands, a ZADD (SADD) merged into its key's previous command when that is a
+    ZADD (SADD) too: only commands on other keys lie between them, so applying the merged
+    command earlier gives the same state (a later score for a member wins, as it would)."""
+    cmds: list[tuple[str, str, Any]] = []
+    latest: dict[str, int] = {}  # key -> index of the key's latest command
+    for w in adds:
+        i = latest.get(w.key)
+        if i is not None and cmds[i][0] == w.op == "zadd":
+            cmds[i][2].update(w.value)
+        elif i is not None and cmds[i][0] == w.op == "sadd":
+            cmds[i][2].append(w.value)
+        else:
+            latest[w.key] = len(cmds)
+            arg = dict(w.value) if w.op == "zadd" else [w.value] if w.op == "sadd" else w.value
+            cmds.append((w.op, w.key, arg))
+    return cmds
 
 
 FRESHNESS_SAMPLES = 64
