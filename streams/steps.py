@@ -8,6 +8,7 @@ features cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from proto import codecs
 from proto.keys import Keys
@@ -122,6 +123,14 @@ class StepConfig:
     item: IF.ItemParams
     user: UF.UserParams
 
+    @cached_property
+    def popular_key(self) -> str:
+        return self.keys.popular()
+
+    @cached_property
+    def top_sellers_key(self) -> str:
+        return self.keys.top_sellers()
+
     @classmethod
     def from_settings(cls, s: Settings) -> StepConfig:
         return cls(
@@ -167,17 +176,26 @@ def sessionize(cfg: StepConfig, state: F.SessionState | None, ev: Ev
 # --- keyed by item: catalog join, counts, rates, popularity, trending --------------------
 
 
-def _zsets(cfg: StepConfig, item_id: str, st: IF.ItemState, ingest_ms: int) -> list[Write]:
+# the item scores an event type changes, i.e. the ZSET entries it needs to rewrite
+ALL_SCORES = ("views", "purchases", "trend")
+CHANGED_SCORES = {"view": ("views", "trend"), "click": ("trend",), "purchase": ("purchases",)}
+
+
+def _zsets(cfg: StepConfig, item_id: str, st: IF.ItemState, ingest_ms: int,
+           scores: tuple[str, ...] = ALL_SCORES) -> list[Write]:
+    """The item's entries in the popularity, top-seller and trending ZSETs (those of ``scores``),
+    or its removal from all of them if it is inactive."""
     k = cfg.keys
     if not st.active:
         return [Write("zrem", zkey, item_id, ingest_ms, "inactive")
-                for zkey in (k.popular(), k.top_sellers(), k.trending(st.category))]
+                for zkey in (cfg.popular_key, cfg.top_sellers_key, k.trending(st.category))]
     out = []
-    if st.views is not None:
-        out.append(Write("zadd", k.popular(), {item_id: st.views}, ingest_ms, "popular"))
-    if st.purchases is not None:
-        out.append(Write("zadd", k.top_sellers(), {item_id: st.purchases}, ingest_ms, "top_sellers"))
-    if st.trend is not None and st.category:
+    if st.views is not None and "views" in scores:
+        out.append(Write("zadd", cfg.popular_key, {item_id: st.views}, ingest_ms, "popular"))
+    if st.purchases is not None and "purchases" in scores:
+        out.append(Write("zadd", cfg.top_sellers_key, {item_id: st.purchases}, ingest_ms,
+                         "top_sellers"))
+    if st.trend is not None and st.category and "trend" in scores:
         out.append(Write("zadd", k.trending(st.category), {item_id: st.trend}, ingest_ms, "trending"))
     return out
 
@@ -225,13 +243,15 @@ def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
     new = IF.apply_event(st, x.etype, x.ts_ms, cfg.item, x.quantity)
     out = [Write("set", k.item_features(x.item_id), Lazy(_encode_item, new, cfg.item),
                  x.ingest_ms, "item_stats")]
-    if x.etype in ("view", "purchase", "click"):
-        out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms))
+    scores = CHANGED_SCORES.get(x.etype)
+    if scores:  # the scores this event changed (the others were written already)
+        out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms, scores))
     if x.user_id:
         if not new.catalog_ms:  # catalog row not here yet: hold
             if len(new.held) < MAX_HELD:
-                return replace(new, held=(*new.held, (x.user_id, x.etype, x.ts_ms, x.price,
-                                                      x.ingest_ms))), out
+                held = new.copy()
+                held.held = (*new.held, (x.user_id, x.etype, x.ts_ms, x.price, x.ingest_ms))
+                return held, out
             metrics.UNCATALOGUED.inc()
         price = x.price if x.price > 0 else new.price
         out.append(UserTouch(x.user_id, x.etype, x.ts_ms, new.category, price, x.ingest_ms))
