@@ -64,12 +64,21 @@ class Coalesce(StatefulLogic[Any, Any, Snapshot]):
         self.due_ms: int | None = last + interval_ms if self.pending else None
 
     def _hold(self, w: Write) -> None:
-        member = next(iter(w.value)) if w.op == "zadd" and len(w.value) == 1 else ""
-        if w.op in ("zrem", "sadd", "ztrim"):
-            member = str(w.value)
-        key = ("z" if w.op in ("zadd", "zrem") else w.op, w.key, member)
-        self.pending.pop(key, None)  # re-insert: emission order follows the latest write
-        self.pending[key] = w
+        """Keep ``w`` as the pending write of what it writes: a whole value (SET, ZSET
+        replace) or one member (ZADD/ZREM of a member, SADD, ZTRIM)."""
+        op = w.op
+        if op == "set" or op == "zreplace":
+            what = (op, w.key, "")
+        elif op == "zadd":
+            what = ("z", w.key, next(iter(w.value)) if len(w.value) == 1 else "")
+        elif op == "zrem":
+            what = ("z", w.key, str(w.value))
+        else:
+            what = (op, w.key, str(w.value))
+        pending = self.pending
+        if what in pending:
+            del pending[what]  # re-insert: emission order follows the latest write
+        pending[what] = w
 
     def _flush(self, now: int) -> list[Write]:
         out = list(self.pending.values())
@@ -80,13 +89,15 @@ class Coalesce(StatefulLogic[Any, Any, Snapshot]):
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         new_key = self.state is None
         rest = []
+        step, hold, state = self.step, self._hold, self.state
         for x in value.items if isinstance(value, Group) else (value,):
-            self.state, outs = self.step(self.state, x)
+            state, outs = step(state, x)
             for o in outs:
-                if isinstance(o, Write):
-                    self._hold(o)
+                if type(o) is Write:
+                    hold(o)
                 else:
                     rest.append(o)
+        self.state = state
         if new_key and self.state is not None:  # keys are never discarded: a live-key count
             self.keys.inc()
         now = _now_ms()

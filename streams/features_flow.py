@@ -20,6 +20,7 @@ Decoding lives in ``streams.decoders``, the pure step math in ``streams.steps``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import bytewax.operators as op
@@ -125,7 +126,7 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
     by_user: Stream[Group] = op.filter_map("user_events", clicks, _pick(Group))
     # (user_id, Group[Ev]) -> Bundle(writes, touches, covisits, rejected)
     sess = coalesced("sessionize", op.key_on("key_by_user", by_user, _key),
-                     lambda s, e: sessionize(cfg, s, e), flush_ms)
+                     partial(sessionize, cfg), flush_ms)
     # impressions: KafkaSourceMessage -> Touch (per served item) | Rejected
     imps = op.flat_map("decode_impressions", op.input("impressions_in", flow, source("impressions")),
                        D.decode_impressions)
@@ -142,20 +143,20 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
                         op.filter_map("catalog_rows", cat, _pick(CatalogRow)))
     # (item_id, Group[Touch] | CatalogRow) -> Bundle(writes, user_touches)
     item_out = coalesced("item_step", op.key_on("key_by_item", to_items, _key),
-                         lambda s, x: item_step(cfg, s, x), flush_ms)
+                         partial(item_step, cfg), flush_ms)
     # users: (user_id, UserTouch | ProfileRow) -> Write
     user_touches = op.flat_map_batch("group_user_touches", item_out,
                                      lambda bs: group_by([u for b in bs for u in b.user_touches], _user))
     to_users = op.merge("user_inputs", user_touches,
                         op.filter_map("profile_rows", prof, _pick(ProfileRow)))
     user_writes = coalesced("user_step", op.key_on("key_by_user_2", to_users, _key),
-                            lambda s, x: user_step(cfg, s, x), flush_ms, wrap=list)
+                            partial(user_step, cfg), flush_ms, wrap=list)
     # co-visitation: CoVisits combined per batch into one Pair per source item,
     # then (src, Pair) -> Write
     pairs = op.flat_map_batch("combine_pairs", sess,
                               lambda bs: combine_pairs([c for b in bs for c in b.covisits]))
     covis = coalesced("covisit", op.key_on("key_by_src", pairs, lambda p: p.src),
-                      lambda s, p: covisit_step(cfg, s, p), flush_ms, wrap=list, copy_state=True)
+                      partial(covisit_step, cfg), flush_ms, wrap=list, copy_state=True)
 
     # sinks: every Rejected -> dead-letter topic; every Write -> Redis
     dead = op.merge("all_rejected", op.flat_map("session_rejected", sess, lambda b: b.rejected),
