@@ -34,6 +34,7 @@ from recsys.reports import write_json
 from recsys.settings import Settings
 from streams.events import make_event
 from streams.features_flow import build_flow
+from streams.runner import tune_gc
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,6 +89,9 @@ def raw_consume(s: Settings, n: int) -> float:
 
 
 def dataflow_throughput(s: Settings, workers: int) -> float:
+    """Events/s of the feature dataflow from the first offset to the end, in this process with
+    the process settings of ``recsys stream`` (``streams.runner.tune_gc``)."""
+    tune_gc()
     flow = build_flow(s, flow_id="bench", tail=False)
     n = sum(kafka.high_watermarks(_probe(s), s.topic("clickstream")).values())
     t0 = time.perf_counter()
