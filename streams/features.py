@@ -157,19 +157,20 @@ def update_session(
 
 def update_covisit(
     related: dict[str, float] | None,
-    other: str,
-    ts_ms: int,
-    weight: float,
+    visits: Iterable[tuple[str, float, int]],
     half_life_s: float,
     max_items: int,
 ) -> dict[str, float]:
-    """Add a weighted co-visit to an item's related-items map (log2 forward-decayed scores),
-    keeping at most ``max_items`` (pruned in bulk at 2x to amortise, deterministic).
-    Updates ``related`` in place (it is this key's private state) and returns it."""
+    """Add weighted co-visits ``(other item, weight, event time ms)``, in order, to an item's
+    related-items map (log2 forward-decayed scores), keeping at most ``max_items`` (pruned in
+    bulk at 2x to amortise, deterministic). Updates ``related`` in place (it is this key's
+    private state) and returns it."""
     out = related if related is not None else {}
-    out[other] = decay_add(out.get(other), ts_ms, half_life_s, weight)
-    if len(out) > 2 * max_items:
-        out = dict(top_items(out, max_items))
+    bound = 2 * max_items
+    for other, weight, ts_ms in visits:
+        out[other] = decay_add(out.get(other), ts_ms, half_life_s, weight)
+        if len(out) > bound:
+            out = dict(top_items(out, max_items))
     return out
 
 

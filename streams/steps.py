@@ -280,10 +280,7 @@ def user_step(cfg: StepConfig, st: UF.UserFeatures | None, x: UserTouch | Profil
 
 def covisit_step(cfg: StepConfig, state: dict[str, float] | None, p: Pair
                  ) -> tuple[dict[str, float], list[Write]]:
-    new = state
-    for dst, weight, ts_ms in p.dsts:
-        new = F.update_covisit(new, dst, ts_ms, weight, cfg.covisit_half_life_s, cfg.covisit_max)
-    assert new is not None
+    new = F.update_covisit(state, p.dsts, cfg.covisit_half_life_s, cfg.covisit_max)
     # the top-N is computed only for the write actually flushed (hot items get many pairs)
     return new, [Write("zreplace", cfg.keys.covisit(p.src), Lazy(_top_n, new, cfg.covisit_max),
                        p.ingest_ms, "covisit")]
