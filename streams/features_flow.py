@@ -1,18 +1,18 @@
 """The feature dataflow: clickstream + catalog + users + impressions -> live state in Redis.
 
-    clickstream ─► decode_validate ─┬─ errs ─────────────────────────────────► dead_letter
-                                    └─ oks ─► key_by_user ─► sessionize ─┬─ session writes
-                                                                         ├─ late ─► dead_letter
-                                                                         ├─ pairs ─► key_by_src ─► covisit
-                                                                         └─ touches ─┐
-    impressions ─► decode_impressions ─► touches (one per served item) ──────────────┤
-    catalog     ─► decode_catalog ─┬─ errs ─► dead_letter                            │
-                                   └─ rows ──────────────────────────► key_by_item ─► item_step
-                                                                                      ├─ item writes
-    users       ─► decode_profiles ─ rows ─┐                                          │
-                                           └────────► key_by_user_2 ◄─ user touches ──┘
+    clickstream ─► decode_validate ─┬─ errs ────────────────────────────────────────► dead_letter
+                   (per batch)      └─ oks by user ─► key_by_user ─► sessionize ─┬─ session writes
+                                                                                 ├─ late ─► dead_letter
+                                         covisit ◄─ key_by_src ◄─ combine_pairs ◄─┼─ covisits
+                                                                                 └─ touches ─┐
+    impressions ─► decode_impressions ─► touches (one per served item) ──────────────────────┤
+    catalog     ─► decode_catalog ─┬─ errs ─► dead_letter                                    │
+                                   └─ rows ──────────────────────────────────► key_by_item ─► item_step
+                                                                                              ├─ item writes
+    users       ─► decode_profiles ─ rows ─┐                                                  │
+                                           └────────► key_by_user_2 ◄─ user touches ──────────┘
                                                             └─► user_step ─► user writes
-    all writes ─► redis_state (one pipelined round trip per batch)
+    all writes ─► redis_state (one pipelined round trip per batch; SETs as MSETs)
 
 Decoding lives in ``streams.decoders``, the pure step math in ``streams.steps``.
 """
