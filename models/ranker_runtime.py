@@ -1,7 +1,8 @@
 """What the scorer loads: a trained ranker checkpoint -> ``Ranker.predict(features) -> [n, 3]``.
 
     ranker = load_ranker("…/models/ranker/v3")          # a registry version folder or model.pt
-    probs = ranker.predict([assemble(...), ...])         # [n, 3]: p_click, p_cart, p_purchase
+    probs = ranker.predict(assemble_columns(...))       # [n, 3]: p_click, p_cart, p_purchase
+    probs = ranker.predict([assemble(...), ...])        # the same from feature dicts
 
 * All candidates of a request are scored in ONE batch; torch intra-op threads are set to 1
   (one scorer process per core); the model is in eval mode and runs under ``inference_mode``.
@@ -34,7 +35,7 @@ from torch import nn
 from models.calibration import Calibrator, Identity, calibrator_from_dict
 from models.deepfm import TASKS, DeepFM, FeatureHasher, RankerConfig
 from models.mmoe import MMoE
-from online.features import FEATURE_VERSION
+from online.features import FEATURE_VERSION, FeatureBatch
 
 FORMAT = "recsys.ranker/1"
 
@@ -129,22 +130,43 @@ class Ranker:
             out[:, col] = self.calibration[t].predict(p[:, j]) if calibrated else p[:, j]
         return out
 
-    def predict(self, features: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float64]:
-        """Calibrated (p_click, p_cart, p_purchase) [n, 3] for assembled feature dicts."""
-        if not features:
+    def predict(self, features: FeatureBatch | Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float64]:
+        """Calibrated (p_click, p_cart, p_purchase) [n, 3] for a ``FeatureBatch`` (the scorer)
+        or assembled feature dicts."""
+        if not len(features):
             return np.zeros((0, len(TASKS)))
-        if not self._checked:
-            self._check(features[0])
-        sparse, dense = self._hasher.encode(features)
+        if isinstance(features, FeatureBatch):
+            sparse, dense = self._hasher.encode_batch(features)
+        else:
+            if not self._checked:
+                self._check(features[0])
+            sparse, dense = self._hasher.encode(features)
         return self.predict_arrays(sparse, dense)
 
 
-def load_ranker(path: str | Path, *, quantize_int8: bool | None = None, threads: int | None = 1
-                ) -> Ranker:
+def freeze(model: nn.Module, cfg: RankerConfig) -> nn.Module:
+    """The model as a frozen TorchScript graph (traced on a small batch: every op is batch-size
+    polymorphic; weights folded in as constants). It saves the per-module Python dispatch of
+    eager mode: about 15% of a float MMoE's time for 500 candidates, a third for INT8. Falls
+    back to the eager model if tracing fails."""
+    sparse = torch.zeros((8, len(cfg.sparse)), dtype=torch.int64)
+    dense = torch.zeros((8, len(cfg.dense)), dtype=torch.float32)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cast(nn.Module, torch.jit.freeze(torch.jit.trace(model.eval(), (sparse, dense))))
+    except Exception as exc:  # noqa: BLE001 - an optimisation; the eager model serves the same
+        warnings.warn(f"TorchScript freeze failed, serving the eager model: {exc}", stacklevel=2)
+        return model
+
+
+def load_ranker(path: str | Path, *, quantize_int8: bool | None = None, threads: int | None = 1,
+                frozen: bool = False) -> Ranker:
     """Load a ranker checkpoint (file or registry version folder) for serving.
 
     ``quantize_int8``: None follows the checkpoint's ``meta["quantize"]`` (set at export).
     ``threads``: torch intra-op threads for this process (None leaves it alone).
+    ``frozen``: serve a frozen TorchScript graph of the model (``freeze``; the scorer does).
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -165,6 +187,8 @@ def load_ranker(path: str | Path, *, quantize_int8: bool | None = None, threads:
     meta = dict(blob.get("meta") or {})
     q = bool(meta.get("quantize", False)) if quantize_int8 is None else quantize_int8
     served: nn.Module = quantize(model) if q else model
+    if frozen:
+        served = freeze(served, cfg)
     cal = {h: calibrator_from_dict(d) for h, d in (blob.get("calibration") or {}).items()}
     return Ranker(served, cfg, cal, reg_version or str(blob.get("version", "unknown")), q, meta)
 

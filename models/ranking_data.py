@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.deepfm import TASKS, FeatureHasher, encode_features
-from online.features import DENSE, SPARSE, assemble_batch
+from online.features import DENSE, SPARSE, assemble_batch, item_row
 from online.scorer import category_affinity, combine_related, merge_candidates
 from proto import codecs
 from proto.keys import Keys
@@ -223,7 +223,9 @@ class _Builder:
         sess = codecs.decode(img.strings.get(kk.session(uid))) or {}
         uf = codecs.decode(img.strings.get(kk.user_features(uid))) or {}
         last = [str(i) for i in sess.get("items", [])]
-        catalog = {i: codecs.decode(img.strings.get(kk.item_catalog(i))) or {} for i in last}
+        category_of = {i: item_row(codecs.decode(img.strings.get(kk.item_catalog(i))),
+                                   codecs.decode(img.strings.get(kk.item_features(i)))).category
+                       for i in last}
         prefs = uf.get("pref") or {}
         top_cats = sorted(prefs, key=lambda c: (-prefs[c], c))[:2]
         trending = [r for c in top_cats for r in self.global_list(kk.trending(c), 30, t)]
@@ -246,7 +248,7 @@ class _Builder:
                 break
         device, country = context(user)
         ctx = {"surface": "home", "device": device, "country": country}
-        aff = category_affinity(last, catalog)
+        aff = category_affinity(last, category_of)
         imp = events_pb2.Impression(request_id=rid, user_id=uid, event_time_ms=t, surface="home",
                                     arm="explore", context=events_pb2.Context(**ctx))
         feats = assemble_batch(

@@ -1,9 +1,12 @@
 """Ranking features, assembled by ONE pure function used everywhere.
 
-The scorer calls ``assemble`` for every candidate at serve time and logs the result with the
-impression; the label join copies it into each training example; the offline training-set
-builder calls the same function on state built by the same step functions. So a model is
-trained on exactly the features it is served with.
+``assemble_columns`` computes the features of one user and context with many items at once,
+column by column (numpy), from compact per-item rows (``ItemRow``, built by ``item_row`` from
+the item's catalog row and live stats). The scorer calls it for every request and logs each
+served item's ``FeatureBatch.row(i)`` with the impression; the label join copies that into each
+training example; the offline training-set builder calls ``assemble_batch`` (the same function,
+dict rows out) on state built by the same step functions. So a model is trained on exactly the
+features it is served with.
 
 ``SPARSE`` features are strings (hashed into embedding tables by the models), ``DENSE`` are
 floats (already scaled to roughly unit range). ``FEATURE_VERSION`` goes into model configs:
@@ -14,13 +17,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from streams.features import decay_exponent  # pure; shared with the dataflow
 
 FEATURE_VERSION = 1
 
 SPARSE = ("item_id", "category", "brand", "surface", "device", "country")
+PER_ITEM_SPARSE = ("item_id", "category", "brand")  # the others are one value per request
 DENSE = (
     "u_cat_pref",  # user's decayed preference share for the item's category
     "s_cat_aff",  # session (last-N viewed) affinity for the item's category
@@ -35,6 +43,155 @@ DENSE = (
     "in_session",  # 1 if the item is among the last-N viewed
     "n_sources",  # how many retrieval sources proposed it
 )
+COL = {name: j for j, name in enumerate(DENSE)}
+DEFAULT_CTR, DEFAULT_CVR = 0.02, 0.05
+
+
+class CatalogPart(NamedTuple):
+    """What ranking needs of an item's catalog row."""
+
+    category: str
+    brand: str
+    price: float
+    active: bool
+
+
+class StatsPart(NamedTuple):
+    """What ranking needs of an item's live stats (the dataflow's item features)."""
+
+    category: str
+    brand: str
+    price: float
+    views: float  # log2 forward-decayed views; NaN when unknown
+    ctr: float
+    cvr: float
+
+
+class ItemRow(NamedTuple):
+    """One item as the ranker sees it: catalog fields first, stats as the fallback."""
+
+    category: str
+    brand: str
+    price: float
+    views: float
+    ctr: float
+    cvr: float
+    active: bool
+
+
+def catalog_part(row: Mapping[str, Any] | None) -> CatalogPart | None:
+    if not row:
+        return None
+    return CatalogPart(str(row.get("category") or ""), str(row.get("brand") or ""),
+                       float(row.get("price") or 0.0), bool(row.get("active", True)))
+
+
+def stats_part(stats: Mapping[str, Any] | None) -> StatsPart | None:
+    if not stats:
+        return None
+    views = stats.get("views")
+    return StatsPart(str(stats.get("cat") or ""), str(stats.get("brand") or ""),
+                     float(stats.get("price") or 0.0), math.nan if views is None else float(views),
+                     float(stats.get("ctr", DEFAULT_CTR)), float(stats.get("cvr", DEFAULT_CVR)))
+
+
+NO_STATS = StatsPart("", "", 0.0, math.nan, DEFAULT_CTR, DEFAULT_CVR)
+
+
+def combine(cat: CatalogPart | None, st: StatsPart | None) -> ItemRow:
+    st = st or NO_STATS
+    if cat is None:
+        return ItemRow(st.category, st.brand, st.price, st.views, st.ctr, st.cvr, True)
+    return ItemRow(cat.category or st.category, cat.brand or st.brand, cat.price or st.price,
+                   st.views, st.ctr, st.cvr, cat.active)
+
+
+def item_row(catalog: Mapping[str, Any] | None, stats: Mapping[str, Any] | None) -> ItemRow:
+    """An item's catalog row and live stats (as stored in Redis) -> ``ItemRow``."""
+    return combine(catalog_part(catalog), stats_part(stats))
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Features of n items for one request: per-item sparse columns, the request's constant
+    sparse values, and a dense matrix [n, len(DENSE)] (float64, ``DENSE`` order)."""
+
+    item_ids: Sequence[str]
+    categories: Sequence[str]
+    brands: Sequence[str]
+    constants: Mapping[str, str]  # surface, device, country
+    dense: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def sparse(self, name: str) -> Sequence[str] | str:
+        """A per-item column (a sequence) or a request constant (one string)."""
+        if name == "item_id":
+            return self.item_ids
+        if name == "category":
+            return self.categories
+        if name == "brand":
+            return self.brands
+        return self.constants[name]
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Item i's features as one dict (what impressions log and models were trained on)."""
+        out: dict[str, Any] = {"item_id": self.item_ids[i], "category": self.categories[i],
+                               "brand": self.brands[i], **self.constants}
+        out.update(zip(DENSE, self.dense[i].tolist(), strict=True))
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.row(i) for i in range(len(self))]
+
+
+def assemble_columns(
+    *,
+    item_ids: Sequence[str],
+    items: Sequence[ItemRow],
+    retrievals: Sequence[Mapping[str, float]],
+    user_features: Mapping[str, Any] | None,
+    session_affinity: Mapping[str, float],
+    last_viewed: frozenset[str] | set[str],
+    context: Mapping[str, str],
+    now_ms: int,
+    half_life_s: float,
+) -> FeatureBatch:
+    """All features of one user and context with many items at ``now_ms``. Pure and total:
+    missing state gives neutral values, never an error. User-level values are computed once,
+    item-level ones as numpy columns."""
+    uf = user_features or {}
+    prefs = uf.get("pref") or {}
+    user_mean = float(uf.get("price_mean") or 0.0)
+    constants = {"surface": context.get("surface", ""), "device": context.get("device", ""),
+                 "country": str(uf.get("country") or context.get("country", ""))}
+    n = len(item_ids)
+    if n != len(items) or n != len(retrievals):
+        raise ValueError(f"{n} item ids, {len(items)} item rows, {len(retrievals)} retrievals")
+    dense = np.zeros((n, len(DENSE)), dtype=np.float64)
+    if n == 0:
+        return FeatureBatch([], [], [], constants, dense)
+    cats, brands, price, views, ctr, cvr, _active = zip(*items, strict=True)
+    price_a = np.asarray(price, dtype=np.float64)
+    views_a = np.asarray(views, dtype=np.float64)
+    known = ~np.isnan(views_a)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        log_views = np.log1p(np.exp2(np.where(known, views_a, 0.0) - decay_exponent(now_ms, half_life_s)))
+        vs_user = np.log(price_a / user_mean) if user_mean > 0 else np.zeros(n)
+    dense[:, COL["u_cat_pref"]] = [prefs.get(c, 0.0) for c in cats]
+    dense[:, COL["s_cat_aff"]] = [session_affinity.get(c, 0.0) for c in cats]
+    dense[:, COL["covisit"]] = [r.get("covisit", 0.0) for r in retrievals]
+    dense[:, COL["popular"]] = [max(r.get("popular", 0.0), r.get("top_sellers", 0.0)) for r in retrievals]
+    dense[:, COL["log_views"]] = np.where(known, log_views, 0.0)
+    dense[:, COL["item_ctr"]] = ctr
+    dense[:, COL["item_cvr"]] = cvr
+    dense[:, COL["log_price"]] = np.log1p(price_a)
+    dense[:, COL["price_vs_user"]] = np.where(price_a > 0, vs_user, 0.0)
+    dense[:, COL["log_user_events"]] = math.log1p(sum(int(v) for v in (uf.get("counts") or {}).values()))
+    dense[:, COL["in_session"]] = [i in last_viewed for i in item_ids]
+    dense[:, COL["n_sources"]] = [len(r) for r in retrievals]
+    return FeatureBatch(item_ids, cats, brands, constants, dense)
 
 
 def assemble_batch(
@@ -50,43 +207,13 @@ def assemble_batch(
     now_ms: int,
     half_life_s: float,
 ) -> list[dict[str, Any]]:
-    """All features of one user and context with many items at ``now_ms``. Pure and total:
-    missing state gives neutral values, never an error. User-level values are computed once."""
-    uf = user_features or {}
-    prefs = uf.get("pref") or {}
-    user_mean = float(uf.get("price_mean") or 0.0)
-    log_user_events = math.log1p(sum(int(v) for v in (uf.get("counts") or {}).values()))
-    country = str(uf.get("country") or context.get("country", ""))
-    surface, device = context.get("surface", ""), context.get("device", "")
-    now_exp = decay_exponent(now_ms, half_life_s)
-    out = []
-    for item_id, cat, stats, retrieval in zip(item_ids, catalogs, item_stats, retrievals, strict=True):
-        cat = cat or {}
-        stats = stats or {}
-        category = str(cat.get("category") or stats.get("cat") or "")
-        price = float(cat.get("price") or stats.get("price") or 0.0)
-        views = stats.get("views")
-        out.append({
-            "item_id": item_id,
-            "category": category,
-            "brand": str(cat.get("brand") or stats.get("brand") or ""),
-            "surface": surface,
-            "device": device,
-            "country": country,
-            "u_cat_pref": float(prefs.get(category, 0.0)),
-            "s_cat_aff": float(session_affinity.get(category, 0.0)),
-            "covisit": float(retrieval.get("covisit", 0.0)),
-            "popular": float(max(retrieval.get("popular", 0.0), retrieval.get("top_sellers", 0.0))),
-            "log_views": math.log1p(2.0 ** (views - now_exp)) if views is not None else 0.0,
-            "item_ctr": float(stats.get("ctr", 0.02)),
-            "item_cvr": float(stats.get("cvr", 0.05)),
-            "log_price": math.log1p(price),
-            "price_vs_user": math.log(price / user_mean) if price > 0 and user_mean > 0 else 0.0,
-            "log_user_events": log_user_events,
-            "in_session": 1.0 if item_id in last_viewed else 0.0,
-            "n_sources": float(len(retrieval)),
-        })
-    return out
+    """``assemble_columns`` from stored catalog rows and stats, as one dict per item (the
+    offline training-set builder's entry point)."""
+    items = [item_row(c, s) for c, s in zip(catalogs, item_stats, strict=True)]
+    return assemble_columns(item_ids=item_ids, items=items, retrievals=retrievals,
+                            user_features=user_features, session_affinity=session_affinity,
+                            last_viewed=last_viewed, context=context, now_ms=now_ms,
+                            half_life_s=half_life_s).rows()
 
 
 def assemble(
@@ -107,11 +234,3 @@ def assemble(
                           retrievals=[retrieval], user_features=user_features,
                           session_affinity=session_affinity, last_viewed=last_viewed,
                           context=context, now_ms=now_ms, half_life_s=half_life_s)[0]
-
-
-def dense_vector(features: Mapping[str, Any]) -> list[float]:
-    return [float(features.get(name, 0.0)) for name in DENSE]
-
-
-def sparse_values(features: Mapping[str, Any]) -> list[str]:
-    return [str(features.get(name, "")) for name in SPARSE]

@@ -10,13 +10,14 @@ model they started with; nothing waits on a load.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from online.features import COL, DENSE, FeatureBatch
 
 log = logging.getLogger(__name__)
 
@@ -24,26 +25,29 @@ log = logging.getLogger(__name__)
 class Ranker(Protocol):
     version: str
 
-    def predict(self, features: Sequence[dict[str, Any]]) -> np.ndarray: ...
+    def predict(self, features: FeatureBatch) -> np.ndarray: ...
 
 
 class HeuristicRanker:
     """Stands in until a trained model is promoted, and says so (version ``heuristic-v1``).
 
-    p_click = sigmoid(-3.6 + 2.2·covisit + 1.5·ann + 0.8·popular + 1.4·session affinity
+    p_click = sigmoid(-3.6 + 2.2·covisit + 0.8·popular + 1.4·session affinity
                       + 1.2·user category preference + 8·(item CTR - 0.02));
     p_cart = 0.25·p_click, p_purchase = 0.1·p_click. Not calibrated."""
 
     version = "heuristic-v1"
+    WEIGHTS = {"covisit": 2.2, "popular": 0.8, "s_cat_aff": 1.4, "u_cat_pref": 1.2, "item_ctr": 8.0}
+    BIAS = -3.6 - 8.0 * 0.02
 
-    def predict(self, features: Sequence[dict[str, Any]]) -> np.ndarray:
-        out = np.empty((len(features), 3), dtype=np.float64)
-        for i, f in enumerate(features):
-            logit = (-3.6 + 2.2 * f["covisit"] + 1.5 * f.get("ann", 0.0) + 0.8 * f["popular"]
-                     + 1.4 * f["s_cat_aff"] + 1.2 * f["u_cat_pref"] + 8.0 * (f["item_ctr"] - 0.02))
-            p = 1.0 / (1.0 + math.exp(-logit))
-            out[i] = (p, 0.25 * p, 0.1 * p)
-        return out
+    def predict(self, features: FeatureBatch | Sequence[Mapping[str, Any]]) -> np.ndarray:
+        if isinstance(features, FeatureBatch):
+            dense = features.dense
+        else:
+            dense = np.array([[f[n] for n in DENSE] for f in features],
+                             dtype=np.float64).reshape(-1, len(DENSE))
+        logit = self.BIAS + sum(w * dense[:, COL[name]] for name, w in self.WEIGHTS.items())
+        p = 1.0 / (1.0 + np.exp(-logit))
+        return np.stack([p, 0.25 * p, 0.1 * p], axis=1)
 
 
 def value_scores(probs: np.ndarray, prices: Sequence[float], revenue_weight: float,
@@ -100,9 +104,11 @@ class ModelHolder:
 
 
 def default_loader(int8: bool = False) -> Callable[[Path], Ranker] | None:
-    """``models.ranker_runtime.load_ranker`` (one intra-op thread, optional INT8)."""
+    """``models.ranker_runtime.load_ranker`` (one intra-op thread, optional INT8, frozen
+    TorchScript graph)."""
     try:
         from models.ranker_runtime import load_ranker
     except ImportError:
         return None
-    return lambda path: load_ranker(path, quantize_int8=int8 or None, threads=1)  # type: ignore[return-value]
+    return lambda path: load_ranker(path, quantize_int8=int8 or None, threads=1,  # type: ignore[return-value]
+                                    frozen=True)

@@ -10,10 +10,10 @@ reserved slot, epsilon / |pool| for an explored item, so training can correct (I
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
+from online.features import ItemRow
 from online.scorer import Ranked
 
 
@@ -24,49 +24,57 @@ class Exploration:
     pool_sources: tuple[str, ...] = ("new_items", "trending")
     niche_log_views: float = 1.0  # or items with fewer (decayed) views than e^x - 1
 
+    def in_pool(self, sources: Sequence[str], log_views: float) -> bool:
+        """New or niche: proposed by a pool source, or barely viewed."""
+        return log_views < self.niche_log_views or any(s in self.pool_sources for s in sources)
 
-def diversify(ranked: Sequence[Ranked], k: int, catalog: dict[str, dict[str, Any]],
-              max_per_category: int, max_per_brand: int) -> list[Ranked]:
-    """Drop inactive items; greedily cap items per category and brand; backfill if short."""
-    picked: list[Ranked] = []
-    skipped: list[Ranked] = []
+
+def diversify(order: Sequence[int], k: int, items: Sequence[ItemRow], max_per_category: int,
+              max_per_brand: int) -> list[int]:
+    """Positions (into ``items``) of the first ``k`` of ``order`` after dropping inactive items
+    and greedily capping items per category and brand; backfilled from the capped ones if short."""
+    picked: list[int] = []
+    skipped: list[int] = []
     per_cat: dict[str, int] = {}
     per_brand: dict[str, int] = {}
-    for r in ranked:
-        row = catalog.get(r.item_id) or {}
-        if row and not row.get("active", True):
+    for j in order:
+        row = items[j]
+        if not row.active:
             continue
-        cat, brand = str(row.get("category", "")), str(row.get("brand", ""))
+        cat, brand = row.category, row.brand
         if (cat and per_cat.get(cat, 0) >= max_per_category) or (
                 brand and per_brand.get(brand, 0) >= max_per_brand):
-            skipped.append(r)
+            skipped.append(j)
             continue
         per_cat[cat] = per_cat.get(cat, 0) + 1
         per_brand[brand] = per_brand.get(brand, 0) + 1
-        picked.append(r)
+        picked.append(j)
         if len(picked) == k:
             return picked
     return (picked + skipped)[:k]
 
 
-def explore(items: list[Ranked], rest: Sequence[Ranked], policy: Exploration,
-            rng: random.Random) -> list[Ranked]:
-    """Apply epsilon-greedy exploration on the reserved slots of ``items`` (the exploit list);
-    ``rest`` are the ranked candidates not in it (the pool is drawn from those)."""
+def explore(items: list[Ranked], rest: Sequence[Ranked] | Callable[[], Sequence[Ranked]],
+            policy: Exploration, rng: random.Random) -> list[Ranked]:
+    """Apply epsilon-greedy exploration on the reserved slots of ``items`` (the exploit list).
+    ``rest`` are the ranked candidates not in it, or a function returning them: it is called
+    only when a slot does explore, since most requests do not."""
     if policy.epsilon <= 0 or not policy.slots:
         return items
-    shown = {r.item_id for r in items}
-    pool = [r for r in rest if r.item_id not in shown and (
-        set(r.sources) & set(policy.pool_sources)
-        or r.features.get("log_views", 0.0) < policy.niche_log_views)]
     out = list(items)
+    pool: list[Ranked] | None = None
     for pos in policy.slots:
         if pos >= len(out):
             continue
-        if pool and rng.random() < policy.epsilon:
-            pick = pool.pop(rng.randrange(len(pool)))
-            out[pos] = replace(pick, propensity=policy.epsilon / (len(pool) + 1),
-                               sources=(*pick.sources, "explore"))
-        else:
-            out[pos] = replace(out[pos], propensity=1.0 - policy.epsilon)
+        if rng.random() < policy.epsilon:
+            if pool is None:
+                shown = {r.item_id for r in items}
+                pool = [r for r in (rest() if callable(rest) else rest) if r.item_id not in shown
+                        and policy.in_pool(r.sources, r.features.get("log_views", 0.0))]
+            if pool:
+                pick = pool.pop(rng.randrange(len(pool)))
+                out[pos] = replace(pick, propensity=policy.epsilon / (len(pool) + 1),
+                                   sources=(*pick.sources, "explore"))
+                continue
+        out[pos] = replace(out[pos], propensity=1.0 - policy.epsilon)
     return out

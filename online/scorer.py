@@ -5,16 +5,24 @@ aggregation and session affinity. No I/O here (see ``online.retrieval`` for the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 
-@dataclass
 class Candidate:
-    item_id: str
-    sources: list[str] = field(default_factory=list)
-    retrieval: dict[str, float] = field(default_factory=dict)  # source -> normalised score
+    """A retrieved item, tagged with every source that proposed it (priority order) and each
+    source's normalised score. (A plain slotted class: hundreds are made per request.)"""
+
+    __slots__ = ("item_id", "retrieval", "sources")
+
+    def __init__(self, item_id: str, sources: list[str] | None = None,
+                 retrieval: dict[str, float] | None = None) -> None:
+        self.item_id = item_id
+        self.sources: list[str] = sources if sources is not None else []
+        self.retrieval: dict[str, float] = retrieval if retrieval is not None else {}
+
+    def __repr__(self) -> str:
+        return f"Candidate({self.item_id!r}, {self.sources!r}, {self.retrieval!r})"
 
 
 @dataclass(frozen=True)
@@ -33,10 +41,13 @@ def normalise(scores: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
     """Map scores of one source to (0, 1] by rank-free min-max (log2 scores are comparable)."""
     if not scores:
         return []
-    hi = max(s for _, s in scores)
-    lo = min(s for _, s in scores)
+    values = [s for _, s in scores]
+    hi, lo = max(values), min(values)
     span = hi - lo
-    return [(i, 1.0 if span <= 0 else 0.05 + 0.95 * (s - lo) / span) for i, s in scores]
+    if span <= 0:
+        return [(i, 1.0) for i, _ in scores]
+    scale = 0.95 / span
+    return [(i, 0.05 + scale * (s - lo)) for i, s in scores]
 
 
 def merge_candidates(
@@ -48,16 +59,18 @@ def merge_candidates(
     merged: dict[str, Candidate] = {}
     for name, rows in sources:
         for item, score in normalise(rows):
-            if item in exclude:
-                continue
             cand = merged.get(item)
             if cand is None:
-                if len(merged) >= limit:
-                    continue
-                cand = merged[item] = Candidate(item)
-            if name not in cand.sources:
+                if len(merged) < limit and item not in exclude:
+                    merged[item] = Candidate(item, [name], {name: score})
+                continue
+            retrieval = cand.retrieval
+            prev = retrieval.get(name)
+            if prev is None:
                 cand.sources.append(name)
-            cand.retrieval[name] = max(cand.retrieval.get(name, 0.0), score)
+                retrieval[name] = score
+            elif score > prev:
+                retrieval[name] = score
     return list(merged.values())
 
 
@@ -76,12 +89,13 @@ def combine_related(lists: Sequence[Sequence[tuple[str, float]]], recency_decay:
     return sorted(agg.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def category_affinity(last_viewed: Sequence[str], catalog: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Share of the recently viewed items per category, recency-weighted (most recent first)."""
+def category_affinity(last_viewed: Sequence[str], category_of: Mapping[str, str]) -> dict[str, float]:
+    """Share of the recently viewed items per category, recency-weighted (most recent first);
+    ``category_of`` maps an item to its category (``online.features.ItemRow.category``)."""
     weights: dict[str, float] = {}
     for rank, item in enumerate(last_viewed):
-        cat = (catalog.get(item) or {}).get("category")
+        cat = category_of.get(item)
         if cat:
-            weights[str(cat)] = weights.get(str(cat), 0.0) + 0.8**rank
+            weights[cat] = weights.get(cat, 0.0) + 0.8**rank
     total = sum(weights.values())
     return {c: w / total for c, w in weights.items()} if total else {}

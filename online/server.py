@@ -93,8 +93,10 @@ def _ann_follower(settings: Settings) -> IndexFollower | None:
 
 def build_server(settings: Settings, *, port: int | None = None, store: StateStore | None = None,
                  log_impressions: bool = True, max_workers: int = 16, ann: Any = None) -> ScorerServer:
-    store = store or RedisStore(resolve_redis_url(settings), Keys(settings.redis_prefix),
-                                timeout_ms=settings.redis_timeout_ms)
+    store = store or RedisStore(
+        resolve_redis_url(settings), Keys(settings.redis_prefix), timeout_ms=settings.redis_timeout_ms,
+        catalog_ttl_s=settings.catalog_ttl_s, item_stats_ttl_s=settings.item_stats_ttl_s,
+        list_ttl_s=settings.list_ttl_s, max_items=settings.item_cache_max)
     impressions = ImpressionLogger(settings) if log_impressions else None
     models = ModelHolder(default_root(settings.state_dir), settings.ranker_model,
                          default_loader(settings.ranker_int8), settings.model_reload_s).start()

@@ -16,12 +16,13 @@ import uuid
 from typing import Any
 
 import grpc
+import numpy as np
 
 from online import metrics
 from online import retrieval as R
 from online import scorer as S
 from online.errors import InvalidArgument, grpc_errors
-from online.features import assemble_batch
+from online.features import COL, FeatureBatch, ItemRow, assemble_columns
 from online.impressions import ImpressionLogger
 from online.ranking import HeuristicRanker, ModelHolder, Ranker, value_scores
 from online.rerank import Exploration, diversify, explore
@@ -184,17 +185,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         if arm == "random":
             with self._rng_lock:
                 self._rng.shuffle(cands)
-        feats, catalog = self._features(cands, state, req, surface, now_ms)
+        batch, items = self._features(cands, state, req, surface, now_ms)
         t = self._check(t0, "features", t)
-        probs = ranker.predict(feats) if cands else None
+        probs = ranker.predict(batch) if cands else None
         t = self._check(t0, "ranking", t)
-        ranked = self._order(cands, feats, probs, catalog, arm)
-        out = diversify(ranked, k, catalog, self.s.max_per_category, self.s.max_per_brand)
-        if arm in ("model", "heuristic"):
-            shown = {r.item_id for r in out}
-            with self._rng_lock:
-                out = explore(out, [r for r in ranked if r.item_id not in shown], self.exploration,
-                              self._rng)
+        out = self._rerank(cands, batch, items, probs, arm, k)
         self._check(t0, "rerank", t)
         if out:
             self._store_cache(req.user_id, state, out, arm, ranker.version)
@@ -212,36 +207,56 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
 
     def _features(self, cands: list[S.Candidate], state: UserState,
                   req: recommend_pb2.RecommendRequest, surface: str, now_ms: int
-                  ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+                  ) -> tuple[FeatureBatch, list[ItemRow]]:
         ids = [c.item_id for c in cands]
-        # stats for the candidates; catalog rows for them and for the session's items (affinity)
-        stats, catalog = self.store.items(ids, catalog_also=state.last_viewed)
-        affinity = S.category_affinity(state.last_viewed, catalog)
+        # item rows (process memory, refreshed from Redis) for them and the session's items
+        rows = self.store.item_rows([*ids, *state.last_viewed])
+        items = [rows[i] for i in ids]
+        affinity = S.category_affinity(state.last_viewed, {i: rows[i].category for i in state.last_viewed})
         ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
-        last = frozenset(state.last_viewed)
-        feats = assemble_batch(
-            item_ids=ids, catalogs=[catalog.get(i) for i in ids], item_stats=stats,
-            retrievals=[c.retrieval for c in cands], user_features=state.features,
-            session_affinity=affinity, last_viewed=last, context=ctx, now_ms=now_ms,
+        batch = assemble_columns(
+            item_ids=ids, items=items, retrievals=[c.retrieval for c in cands],
+            user_features=state.features, session_affinity=affinity,
+            last_viewed=frozenset(state.last_viewed), context=ctx, now_ms=now_ms,
             half_life_s=self.s.popularity_half_life_s)
-        return feats, catalog
+        return batch, items
 
-    def _order(self, cands: list[S.Candidate], feats: list[dict[str, Any]], probs: Any,
-               catalog: dict[str, dict[str, Any]], arm: str) -> list[S.Ranked]:
+    def _rerank(self, cands: list[S.Candidate], batch: FeatureBatch, items: list[ItemRow],
+                probs: Any, arm: str, k: int) -> list[S.Ranked]:
+        """Value, order (by arm), diversity caps, exploration. ``Ranked`` (with its feature dict)
+        is built only for the items that may be served."""
         if probs is None:
             return []
-        prices = [float((catalog.get(c.item_id) or {}).get("price", 0.0) or 0.0) for c in cands]
-        values = value_scores(probs, prices, self.s.value_revenue_weight, self.s.value_click_weight)
-        ranked = [S.Ranked(c.item_id, float(v), float(p[0]), float(p[1]), float(p[2]),
-                           tuple(c.sources), f)
-                  for c, f, p, v in zip(cands, feats, probs, values, strict=True)]
-        if arm == "popular":
-            ranked.sort(key=lambda r: -r.features["popular"])
-        elif arm != "random":
-            ranked.sort(key=lambda r: (-r.score, r.item_id))
         for head, col in (("click", 0), ("cart", 1), ("purchase", 2)):
             metrics.PREDICTED.labels(head).set(float(probs[:, col].mean()))
-        return ranked
+        values = value_scores(probs, [r.price for r in items], self.s.value_revenue_weight,
+                              self.s.value_click_weight)
+        if arm == "popular":
+            order = np.argsort(-batch.dense[:, COL["popular"]], kind="stable")
+        elif arm == "random":
+            order = np.arange(len(cands))
+        else:  # best value first; ties keep retrieval priority
+            order = np.argsort(-values, kind="stable")
+        order_l: list[int] = order.tolist()
+
+        def ranked(j: int) -> S.Ranked:
+            p = probs[j]
+            return S.Ranked(cands[j].item_id, float(values[j]), float(p[0]), float(p[1]), float(p[2]),
+                            tuple(cands[j].sources), batch.row(j))
+
+        picked = diversify(order_l, k, items, self.s.max_per_category, self.s.max_per_brand)
+        out = [ranked(j) for j in picked]
+        if arm in ("model", "heuristic"):
+            chosen = set(picked)
+            log_views = batch.dense[:, COL["log_views"]]
+            policy = self.exploration
+
+            def rest() -> list[S.Ranked]:
+                return [ranked(j) for j in order_l if j not in chosen and items[j].active
+                        and policy.in_pool(cands[j].sources, float(log_views[j]))]
+            with self._rng_lock:
+                out = explore(out, rest, policy, self._rng)
+        return out
 
     def _from_cache(self, state: UserState, k: int, arm: str, version: str) -> list[S.Ranked] | None:
         c = state.cached

@@ -1,24 +1,34 @@
 """The scorer's only I/O: live state in Redis (swappable: the servicer takes any ``StateStore``).
 
-``user_state`` is ONE pipelined round trip (session, features, purchased items, cached
-result); ``items`` is one more (item stats, and catalog rows missing from the in-process
-catalog cache, which keeps rows ``catalog_ttl_s`` so a price change or deactivation reaches
-the scorer within that time). The fallback list is held in memory (``servicer.FallbackList``).
+* ``user_state`` is ONE pipelined round trip (session, features, purchased items, cached
+  result) and is never cached: the session is what makes a click show up in the next answer.
+* Item rows (``online.features.ItemRow``: catalog fields + live stats) are held in process
+  memory: stats are re-read once older than ``item_stats_ttl_s`` (2 s), catalog rows once older
+  than ``catalog_ttl_s`` (30 s, so a price change or deactivation reaches the scorer within
+  that), both in one MGET round trip for the candidates that need it.
+* Shared lists (popular, top sellers, new items, trending per category, co-visitation per
+  item) are the same for every user: each is re-read once older than ``list_ttl_s`` (1 s).
+The fallback list is held in memory (``servicer.FallbackList``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from itertools import islice
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis
 
+from online.features import CatalogPart, ItemRow, StatsPart, catalog_part, combine, stats_part
 from proto import codecs
 from proto.keys import Keys
 
 log = logging.getLogger(__name__)
+Rows = list[tuple[str, float]]
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -39,13 +49,12 @@ class UserState:
 
 class StateStore(Protocol):
     def user_state(self, user_id: str) -> UserState: ...
-    def related(self, items: list[str], per_item: int) -> list[list[tuple[str, float]]]: ...
-    def popular(self, n: int) -> list[tuple[str, float]]: ...
-    def top_sellers(self, n: int) -> list[tuple[str, float]]: ...
-    def items(self, ids: list[str], catalog_also: list[str] = ...
-              ) -> tuple[list[dict[str, Any] | None], dict[str, dict[str, Any]]]: ...
-    def trending(self, categories: list[str], n: int) -> list[list[tuple[str, float]]]: ...
-    def new_items(self, n: int) -> list[tuple[str, float]]: ...
+    def related(self, items: list[str], per_item: int) -> list[Rows]: ...
+    def popular(self, n: int) -> Rows: ...
+    def top_sellers(self, n: int) -> Rows: ...
+    def item_rows(self, ids: list[str]) -> dict[str, ItemRow]: ...
+    def trending(self, categories: list[str], n: int) -> list[Rows]: ...
+    def new_items(self, n: int) -> Rows: ...
     def cache_result(self, user_id: str, value: dict[str, Any], ttl_s: float) -> None: ...
 
 
@@ -57,18 +66,54 @@ def _decode(raw: bytes | None) -> dict[str, Any] | None:
         return None
 
 
+def _evict_oldest(d: dict[Any, Any]) -> None:
+    """Drop the oldest quarter of a dict kept in refresh order. Another thread changing it
+    meanwhile makes the scan fail: then this eviction is skipped and the next one does it."""
+    try:
+        old = list(islice(d, len(d) // 4))
+    except RuntimeError:
+        return
+    for key in old:
+        d.pop(key, None)
+
+
+class TtlCache(Generic[V]):
+    """Values kept ``ttl_s`` seconds, at most ``max_entries`` (the oldest quarter is dropped when
+    full: insertion order is refresh order). Not locked: single get/set/del are atomic under the
+    GIL, and a race only re-reads a value."""
+
+    def __init__(self, ttl_s: float, max_entries: int) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._d: dict[Any, tuple[float, V]] = {}
+
+    def get(self, key: Any, now: float) -> V | None:
+        hit = self._d.get(key)
+        return hit[1] if hit is not None and now - hit[0] < self.ttl_s else None
+
+    def put(self, key: Any, value: V, now: float) -> None:
+        self._d.pop(key, None)
+        self._d[key] = (now, value)
+        if len(self._d) > self.max_entries:
+            _evict_oldest(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
 class RedisStore:
-    def __init__(self, url: str, keys: Keys, timeout_ms: float = 50.0, catalog_ttl_s: float = 30.0,
-                 catalog_max: int = 2_000_000) -> None:
+    def __init__(self, url: str, keys: Keys, timeout_ms: float = 50.0, *, catalog_ttl_s: float = 30.0,
+                 item_stats_ttl_s: float = 2.0, list_ttl_s: float = 1.0,
+                 max_items: int = 1_000_000) -> None:
         self.keys = keys
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=timeout_ms / 1000.0, socket_connect_timeout=timeout_ms / 1000.0,
             health_check_interval=0,
         )
-        self.catalog_ttl_s, self.catalog_max = catalog_ttl_s, catalog_max
-        self._catalog: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.catalog_ttl_s, self.item_stats_ttl_s, self.max_items = catalog_ttl_s, item_stats_ttl_s, max_items
+        self._items: dict[str, _Item] = {}
+        self._lists: TtlCache[Rows] = TtlCache(list_ttl_s, 200_000)
 
-    # --- request path ----------------------------------------------------------------------
+    # --- per user (never cached) ---------------------------------------------------------
     def user_state(self, user_id: str) -> UserState:
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
@@ -82,60 +127,98 @@ class RedisStore:
             purchased=frozenset(b.decode() for b in bought or ()), cached=_decode(cached),
         )
 
-    def related(self, items: list[str], per_item: int) -> list[list[tuple[str, float]]]:
-        if not items:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for it in items:
-            pipe.zrevrange(self.keys.covisit(it), 0, per_item - 1, withscores=True)
-        return [[(m.decode(), float(s)) for m, s in rows] for rows in pipe.execute()]
-
-    def popular(self, n: int) -> list[tuple[str, float]]:
-        rows = self.client.zrevrange(self.keys.popular(), 0, n - 1, withscores=True)
-        return [(m.decode(), float(s)) for m, s in rows]
-
-    def top_sellers(self, n: int) -> list[tuple[str, float]]:
-        rows = self.client.zrevrange(self.keys.top_sellers(), 0, n - 1, withscores=True)
-        return [(m.decode(), float(s)) for m, s in rows]
-
-    def trending(self, categories: list[str], n: int) -> list[list[tuple[str, float]]]:
-        pipe = self.client.pipeline(transaction=False)
-        for c in categories:
-            pipe.zrevrange(self.keys.trending(c), 0, n - 1, withscores=True)
-        return [[(m.decode(), float(s)) for m, s in rows] for rows in pipe.execute()]
-
-    def new_items(self, n: int) -> list[tuple[str, float]]:
-        rows = self.client.zrevrange(self.keys.new_items(), 0, n - 1, withscores=True)
-        return [(m.decode(), float(s)) for m, s in rows]
-
     def cache_result(self, user_id: str, value: dict[str, Any], ttl_s: float) -> None:
         self.client.set(self.keys.result_cache(user_id), codecs.encode(value), px=int(ttl_s * 1000))
 
-    def items(self, ids: list[str], catalog_also: list[str] = []  # noqa: B006 - never mutated
-              ) -> tuple[list[dict[str, Any] | None], dict[str, dict[str, Any]]]:
-        """Item stats (always fresh) for ``ids`` and catalog rows (in-process cache, filled on a
-        miss, kept ``catalog_ttl_s``) for ``ids`` and ``catalog_also``, in ONE round trip."""
+    # --- shared lists (cached list_ttl_s) ------------------------------------------------
+    def _zsets(self, keys: list[str], n: int) -> list[Rows]:
+        """Top n of each ZSET, cached per (key, n); the misses in one pipelined round trip."""
         now = time.monotonic()
-        catalog: dict[str, dict[str, Any]] = {}
-        misses = []
-        for i in dict.fromkeys([*ids, *catalog_also]):
-            hit = self._catalog.get(i)
-            if hit is not None and now - hit[0] < self.catalog_ttl_s:
-                catalog[i] = hit[1]
-            else:
-                misses.append(i)
+        out: list[Rows | None] = [self._lists.get((key, n), now) for key in keys]
+        missing = [j for j, rows in enumerate(out) if rows is None]
+        if missing:
+            pipe = self.client.pipeline(transaction=False)
+            for j in missing:
+                pipe.zrevrange(keys[j], 0, n - 1, withscores=True)
+            for j, rows in zip(missing, pipe.execute(), strict=True):
+                out[j] = [(m.decode(), float(s)) for m, s in rows]
+                self._lists.put((keys[j], n), out[j] or [], now)
+        return [rows or [] for rows in out]
+
+    def related(self, items: list[str], per_item: int) -> list[Rows]:
+        return self._zsets([self.keys.covisit(i) for i in items], per_item) if items else []
+
+    def popular(self, n: int) -> Rows:
+        return self._zsets([self.keys.popular()], n)[0]
+
+    def top_sellers(self, n: int) -> Rows:
+        return self._zsets([self.keys.top_sellers()], n)[0]
+
+    def trending(self, categories: list[str], n: int) -> list[Rows]:
+        return self._zsets([self.keys.trending(c) for c in categories], n) if categories else []
+
+    def new_items(self, n: int) -> Rows:
+        return self._zsets([self.keys.new_items()], n)[0]
+
+    # --- item rows (in process memory, refreshed from Redis) -----------------------------
+    def item_rows(self, ids: list[str]) -> dict[str, ItemRow]:
+        """``ItemRow`` per id (unknown items get neutral rows). Catalog parts older than
+        ``catalog_ttl_s`` and stats older than ``item_stats_ttl_s`` (or never read) are
+        re-read, all in ONE round trip."""
+        now = time.monotonic()
+        entries: dict[str, _Item] = {}
+        need_cat: list[str] = []
+        need_stats: list[str] = []
+        cat_ttl, stats_ttl, items = self.catalog_ttl_s, self.item_stats_ttl_s, self._items
+        for i in ids:
+            if i in entries:
+                continue
+            e = items.get(i)
+            if e is None:
+                e = items[i] = _Item()
+            entries[i] = e
+            if now - e.cat_t >= cat_ttl:
+                need_cat.append(i)
+            if now - e.stats_t >= stats_ttl:
+                need_stats.append(i)
+        if need_cat or need_stats:
+            self._read_items(entries, need_cat, need_stats, now)
+        return {i: e.row for i, e in entries.items()}
+
+    def _read_items(self, entries: dict[str, _Item], need_cat: list[str], need_stats: list[str],
+                    now: float) -> None:
         pipe = self.client.pipeline(transaction=False)
-        pipe.mget([self.keys.item_features(i) for i in ids]) if ids else pipe.echo(b"")
-        if misses:
-            pipe.mget([self.keys.item_catalog(i) for i in misses])
-        res = pipe.execute()
-        stats = [_decode(r) for r in res[0]] if ids else []
-        if misses:
-            for item, raw in zip(misses, res[1], strict=True):
-                row = _decode(raw)
-                if row is not None:
-                    catalog[item] = row
-                    self._catalog[item] = (now, row)
-            if len(self._catalog) > self.catalog_max:
-                self._catalog.clear()  # crude bound; rows refill on demand
-        return stats, catalog
+        if need_cat:
+            pipe.mget([self.keys.item_catalog(i) for i in need_cat])
+        if need_stats:
+            pipe.mget([self.keys.item_features(i) for i in need_stats])
+        res = iter(pipe.execute())
+        if need_cat:
+            for i, raw in zip(need_cat, next(res), strict=True):
+                e = entries[i]
+                e.cat, e.cat_t = catalog_part(_decode(raw)), now
+        if need_stats:
+            for i, raw in zip(need_stats, next(res), strict=True):
+                e = entries[i]
+                e.stats, e.stats_t = stats_part(_decode(raw)), now
+        items = self._items
+        for i in {*need_cat, *need_stats}:
+            e = entries[i]
+            e.row = combine(e.cat, e.stats)
+            items.pop(i, None)
+            items[i] = e  # re-inserted: dict order is refresh order, the oldest go first
+        if len(items) > self.max_items:
+            _evict_oldest(items)
+
+
+class _Item:
+    """One item held in process memory: its catalog and stats parts, when each was read, and
+    the combined row."""
+
+    __slots__ = ("cat", "cat_t", "row", "stats", "stats_t")
+
+    def __init__(self) -> None:
+        self.cat: CatalogPart | None = None
+        self.stats: StatsPart | None = None
+        self.cat_t = self.stats_t = -math.inf
+        self.row: ItemRow = combine(None, None)

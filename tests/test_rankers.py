@@ -25,7 +25,7 @@ from models.deepfm import (
 )
 from models.mmoe import MMoE
 from models.train_ranker import TrainConfig, calibrate_and_evaluate, fit, make_model
-from online.features import DENSE, SPARSE, assemble
+from online.features import DENSE, SPARSE, assemble, item_row
 from proto import codecs, events_pb2
 from proto.keys import Keys
 from recsys.settings import Settings
@@ -116,7 +116,8 @@ def test_simulated_rows_use_point_in_time_state(sim):
             uf = codecs.decode(img.strings.get(keys.user_features(user))) or {}
             sess = codecs.decode(img.strings.get(keys.session(user))) or {}
             last = [str(i) for i in sess.get("items", [])]
-            cats = {i: codecs.decode(img.strings.get(keys.item_catalog(i))) or {} for i in last}
+            cats = {i: item_row(codecs.decode(img.strings.get(keys.item_catalog(i))),
+                                codecs.decode(img.strings.get(keys.item_features(i)))).category for i in last}
             for r in rows:
                 item = str(data.item_id[r])
                 f = assemble(item_id=item, catalog=codecs.decode(img.strings.get(keys.item_catalog(item))),
@@ -201,6 +202,12 @@ def test_train_calibrate_export_and_serve(sim, tmp_path):
     np.testing.assert_allclose(p, r.predict_arrays(*encode_features(feats)))
     q = RT.load_ranker(path, quantize_int8=True)
     assert q.version == "mmoe-test+int8" and np.abs(q.predict(feats) - p).max() < 0.02
+    for int8 in (False, True):  # the scorer's frozen TorchScript graph: same outputs, any batch size
+        eager, frozen = (RT.load_ranker(path, quantize_int8=int8, frozen=f) for f in (False, True))
+        assert isinstance(frozen.model, torch.jit.ScriptModule)
+        for n in (1, 37, len(feats)):
+            np.testing.assert_allclose(frozen.predict(feats[:n]), eager.predict(feats[:n]),
+                                       rtol=1e-5, atol=1e-7)
     lat = RT.measure_latency(r, (feats * 5)[:500], runs=30, warmup=5)
     print(f"predict 500 candidates: p50 {lat['p50_ms']:.2f} ms p99 {lat['p99_ms']:.2f} ms")
     assert lat["p50_ms"] < 50  # the 5 ms target is measured by the benchmark, not asserted here

@@ -140,9 +140,9 @@ def test_cache_hit_until_the_session_changes(world, redis_client):
         stub = _stub(srv)
         first = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=5), timeout=5)
         calls = []
-        real_items = srv.servicer.store.items
-        srv.servicer.store.items = (  # type: ignore[method-assign]
-            lambda ids, **kw: calls.append(ids) or real_items(ids, **kw))
+        real_items = srv.servicer.store.item_rows
+        srv.servicer.store.item_rows = (  # type: ignore[method-assign]
+            lambda ids: calls.append(ids) or real_items(ids))
         again = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=5), timeout=5)
         assert [i.item_id for i in again.items] == [i.item_id for i in first.items] and not calls
         _load_state(world, redis_client, [_view(999, "u1", "h1", NOW)])  # session moves on

@@ -1,0 +1,116 @@
+"""The columnar feature path the scorer uses: ``assemble_columns`` -> ``FeatureBatch`` ->
+``FeatureHasher.encode_batch`` / ``HeuristicRanker``, and the item rows held in scorer memory
+(``RedisStore.item_rows``) against a real redis-server."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from models.deepfm import FeatureHasher
+from online.features import DENSE, assemble_batch, assemble_columns, item_row
+from online.ranking import HeuristicRanker
+from online.store import RedisStore
+from proto import codecs
+from proto.keys import Keys
+from streams.features import decay_exponent
+
+T = 1_750_000_000_000
+H = 3600.0
+
+
+def _batch():
+    rng = np.random.default_rng(5)
+    ids = [f"i{j}" for j in range(40)]
+    catalogs = [None if j % 7 == 0 else {"category": f"c{j % 4}", "brand": f"b{j % 3}",
+                                          "price": float(rng.uniform(1, 90)), "active": j % 9 != 0}
+                for j in range(40)]
+    stats = [None if j % 5 == 0 else {"views": decay_exponent(T, H) + float(rng.normal(3, 2)),
+                                       "ctr": float(rng.uniform(0, 0.1)), "cvr": 0.04, "cat": "cs",
+                                       "brand": "bs", "price": 5.0} for j in range(40)]
+    retrievals = [{"covisit": 0.5} if j % 2 else {"popular": 0.2, "top_sellers": 0.9, "ann": 0.3}
+                  for j in range(40)]
+    kw = dict(item_ids=ids, retrievals=retrievals,
+              user_features={"pref": {"c1": 0.7, "c2": 0.3}, "price_mean": 20.0,
+                             "counts": {"view": 9, "click": 2}, "country": "DE"},
+              session_affinity={"c2": 1.0}, last_viewed=frozenset({"i3", "i4"}),
+              context={"surface": "home", "device": "ios", "country": "FR"}, now_ms=T + 60_000,
+              half_life_s=H)
+    return catalogs, stats, kw
+
+
+def test_columns_follow_the_feature_definitions():
+    catalogs, stats, kw = _batch()
+    rows = assemble_batch(catalogs=catalogs, item_stats=stats, **kw)
+    now_exp = decay_exponent(kw["now_ms"], H)
+    for j, f in enumerate(rows):
+        cat, st = catalogs[j] or {}, stats[j] or {}
+        category = cat.get("category") or st.get("cat") or ""
+        price = cat.get("price") or st.get("price") or 0.0
+        assert f["category"] == category and f["country"] == "DE" and f["device"] == "ios"
+        assert f["u_cat_pref"] == {"c1": 0.7, "c2": 0.3}.get(category, 0.0)
+        assert f["s_cat_aff"] == (1.0 if category == "c2" else 0.0)
+        assert f["popular"] == (0.9 if j % 2 == 0 else 0.0) and f["n_sources"] == (3 if j % 2 == 0 else 1)
+        views = st.get("views")
+        assert f["log_views"] == pytest.approx(0.0 if views is None else math.log1p(2 ** (views - now_exp)))
+        assert f["item_ctr"] == st.get("ctr", 0.02)
+        assert f["log_price"] == pytest.approx(math.log1p(price))
+        assert f["price_vs_user"] == pytest.approx(math.log(price / 20.0) if price else 0.0)
+        assert f["log_user_events"] == pytest.approx(math.log1p(11))
+        assert f["in_session"] == (1.0 if f["item_id"] in ("i3", "i4") else 0.0)
+        assert list(f) == ["item_id", "category", "brand", "surface", "device", "country", *DENSE]
+
+
+def test_encode_batch_and_heuristic_match_the_dict_path():
+    catalogs, stats, kw = _batch()
+    batch = assemble_columns(items=[item_row(c, s) for c, s in zip(catalogs, stats, strict=True)], **kw)
+    rows = batch.rows()
+    sp_b, dn_b = FeatureHasher().encode_batch(batch)
+    sp_d, dn_d = FeatureHasher().encode(rows)
+    np.testing.assert_array_equal(sp_b, sp_d)
+    np.testing.assert_array_equal(dn_b, dn_d)
+    np.testing.assert_allclose(HeuristicRanker().predict(batch), HeuristicRanker().predict(rows))
+    empty = assemble_columns(**{**kw, "item_ids": [], "retrievals": []}, items=[])
+    assert len(empty) == 0 and HeuristicRanker().predict(empty).shape == (0, 3)
+
+
+def test_item_row_prefers_catalog_and_falls_back_to_stats():
+    r = item_row({"category": "c", "price": 3.0, "active": False}, {"cat": "x", "brand": "y"})
+    assert (r.category, r.brand, r.price, r.ctr, r.cvr, r.active) == ("c", "y", 3.0, 0.02, 0.05, False)
+    assert math.isnan(r.views)
+    neutral = item_row(None, None)
+    assert neutral.active and neutral.price == 0.0 and math.isnan(neutral.views)
+
+
+def test_item_rows_are_held_in_memory_and_refreshed_after_their_ttl(settings, redis_client):
+    k = Keys(settings.redis_prefix)
+    redis_client.set(k.item_catalog("a"), codecs.encode({"category": "c1", "price": 10.0, "active": True}))
+    redis_client.set(k.item_features("a"), codecs.encode({"views": 1.0, "ctr": 0.03}))
+    store = RedisStore(settings.redis_url, k, catalog_ttl_s=0.6, item_stats_ttl_s=0.3)
+    first = store.item_rows(["a", "unknown", "a"])
+    assert first["a"].ctr == 0.03 and first["a"].category == "c1" and first["unknown"] == item_row(None, None)
+    redis_client.set(k.item_features("a"), codecs.encode({"views": 1.0, "ctr": 0.09}))
+    redis_client.set(k.item_catalog("a"), codecs.encode({"category": "c1", "price": 10.0, "active": False}))
+    assert store.item_rows(["a"])["a"].ctr == 0.03  # within the stats TTL: from memory
+    time.sleep(0.35)
+    row = store.item_rows(["a"])["a"]
+    assert row.ctr == 0.09 and row.active  # stats re-read, the catalog row not yet
+    time.sleep(0.3)
+    assert not store.item_rows(["a"])["a"].active  # catalog TTL passed: deactivation seen
+    fresh = RedisStore(settings.redis_url, k, item_stats_ttl_s=0.0)
+    redis_client.set(k.item_features("a"), codecs.encode({"views": 1.0, "ctr": 0.01}))
+    assert fresh.item_rows(["a"])["a"].ctr == 0.01
+
+
+def test_shared_lists_are_cached_for_their_ttl(settings, redis_client):
+    k = Keys(settings.redis_prefix)
+    redis_client.zadd(k.popular(), {"p1": 2.0, "p2": 1.0})
+    store = RedisStore(settings.redis_url, k, list_ttl_s=0.3)
+    assert store.popular(5) == [("p1", 2.0), ("p2", 1.0)]
+    redis_client.zadd(k.popular(), {"p3": 3.0})
+    assert store.popular(5)[0][0] == "p1"
+    time.sleep(0.35)
+    assert store.popular(5)[0] == ("p3", 3.0)
