@@ -21,7 +21,6 @@ The config dataclass (with ``FEATURE_VERSION``) is saved in the checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,16 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from online.features import DENSE, FEATURE_VERSION, SPARSE, FeatureBatch
+from online.features import DENSE, FEATURE_VERSION, SPARSE, FeatureBatch, hash_token
 
 TASKS = ("click", "cart", "purchase")  # column order of label arrays and of Ranker.predict
 DEFAULT_BUCKETS = {"item_id": 1 << 16, "category": 1024, "brand": 4096, "surface": 64,
                    "device": 64, "country": 512}
 
-
-def hash_token(field: str, value: str) -> int:
-    """Stable (process-independent) 32-bit hash of one sparse value; "" (missing) is 0."""
-    return 0 if value == "" else zlib.crc32(f"{field}={value}".encode())
 
 
 class FeatureHasher:
@@ -89,11 +84,15 @@ class FeatureHasher:
 
     def encode_batch(self, batch: FeatureBatch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """A columnar ``FeatureBatch`` -> the same arrays as ``encode(batch.rows())``, without
-        building a dict per item: per-item columns are hashed through the memo, request
-        constants once."""
+        building a dict per item: precomputed hashes are used as they are, other per-item
+        columns are hashed through the memo, request constants once."""
         n = len(batch)
         sp = np.empty((n, len(self.sparse)), dtype=np.int64)
+        pre = batch.hashes or {}
         for j, name in enumerate(self.sparse):
+            if name in pre:
+                sp[:, j] = pre[name]
+                continue
             values = batch.sparse(name)
             sp[:, j] = self._hash(j, values) if isinstance(values, str) else self._column(j, values)
         if self._dense_cols is None:

@@ -16,6 +16,7 @@ a model refuses features of another version.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -111,6 +112,46 @@ def item_row(catalog: Mapping[str, Any] | None, stats: Mapping[str, Any] | None)
     return combine(catalog_part(catalog), stats_part(stats))
 
 
+def hash_token(field: str, value: str) -> int:
+    """Stable (process-independent) 32-bit hash of one sparse value; "" (missing) is 0. Each
+    model maps it into its own per-field bucket range (``hash % buckets[field]``)."""
+    return 0 if value == "" else zlib.crc32(f"{field}={value}".encode())
+
+
+@dataclass(frozen=True)
+class ItemColumns:
+    """n items' ``ItemRow`` fields as columns, optionally with the hashes of their per-item
+    sparse values (``PER_ITEM_SPARSE`` -> int64 [n]; the scorer's item table keeps them)."""
+
+    category: Sequence[str]
+    brand: Sequence[str]
+    price: npt.NDArray[np.float64]
+    views: npt.NDArray[np.float64]  # NaN = unknown
+    ctr: npt.NDArray[np.float64]
+    cvr: npt.NDArray[np.float64]
+    active: npt.NDArray[np.bool_]
+    hashes: Mapping[str, npt.NDArray[np.int64]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.category)
+
+    def head(self, n: int) -> ItemColumns:
+        """The first n items."""
+        return ItemColumns(self.category[:n], self.brand[:n], self.price[:n], self.views[:n],
+                           self.ctr[:n], self.cvr[:n], self.active[:n],
+                           None if self.hashes is None else {k: v[:n] for k, v in self.hashes.items()})
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[ItemRow]) -> ItemColumns:
+        if not rows:
+            z = np.zeros(0)
+            return cls([], [], z, z, z, z, np.zeros(0, dtype=bool))
+        cat, brand, price, views, ctr, cvr, active = zip(*rows, strict=True)
+        f = np.float64
+        return cls(list(cat), list(brand), np.asarray(price, f), np.asarray(views, f),
+                   np.asarray(ctr, f), np.asarray(cvr, f), np.asarray(active, dtype=bool))
+
+
 @dataclass(frozen=True)
 class FeatureBatch:
     """Features of n items for one request: per-item sparse columns, the request's constant
@@ -121,6 +162,7 @@ class FeatureBatch:
     brands: Sequence[str]
     constants: Mapping[str, str]  # surface, device, country
     dense: npt.NDArray[np.float64]
+    hashes: Mapping[str, npt.NDArray[np.int64]] | None = None  # precomputed per-item sparse hashes
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -149,7 +191,7 @@ class FeatureBatch:
 def assemble_columns(
     *,
     item_ids: Sequence[str],
-    items: Sequence[ItemRow],
+    items: ItemColumns,
     retrievals: Sequence[Mapping[str, float]],
     user_features: Mapping[str, Any] | None,
     session_affinity: Mapping[str, float],
@@ -171,27 +213,25 @@ def assemble_columns(
         raise ValueError(f"{n} item ids, {len(items)} item rows, {len(retrievals)} retrievals")
     dense = np.zeros((n, len(DENSE)), dtype=np.float64)
     if n == 0:
-        return FeatureBatch([], [], [], constants, dense)
-    cats, brands, price, views, ctr, cvr, _active = zip(*items, strict=True)
-    price_a = np.asarray(price, dtype=np.float64)
-    views_a = np.asarray(views, dtype=np.float64)
-    known = ~np.isnan(views_a)
+        return FeatureBatch([], [], [], constants, dense, items.hashes)
+    cats, price, views = items.category, items.price, items.views
+    known = ~np.isnan(views)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        log_views = np.log1p(np.exp2(np.where(known, views_a, 0.0) - decay_exponent(now_ms, half_life_s)))
-        vs_user = np.log(price_a / user_mean) if user_mean > 0 else np.zeros(n)
-    dense[:, COL["u_cat_pref"]] = [prefs.get(c, 0.0) for c in cats]
-    dense[:, COL["s_cat_aff"]] = [session_affinity.get(c, 0.0) for c in cats]
+        log_views = np.log1p(np.exp2(np.where(known, views, 0.0) - decay_exponent(now_ms, half_life_s)))
+        vs_user = np.log(price / user_mean) if user_mean > 0 else np.zeros(n)
+    dense[:, COL["u_cat_pref"]] = [prefs.get(c, 0.0) for c in cats] if prefs else 0.0
+    dense[:, COL["s_cat_aff"]] = [session_affinity.get(c, 0.0) for c in cats] if session_affinity else 0.0
     dense[:, COL["covisit"]] = [r.get("covisit", 0.0) for r in retrievals]
     dense[:, COL["popular"]] = [max(r.get("popular", 0.0), r.get("top_sellers", 0.0)) for r in retrievals]
     dense[:, COL["log_views"]] = np.where(known, log_views, 0.0)
-    dense[:, COL["item_ctr"]] = ctr
-    dense[:, COL["item_cvr"]] = cvr
-    dense[:, COL["log_price"]] = np.log1p(price_a)
-    dense[:, COL["price_vs_user"]] = np.where(price_a > 0, vs_user, 0.0)
+    dense[:, COL["item_ctr"]] = items.ctr
+    dense[:, COL["item_cvr"]] = items.cvr
+    dense[:, COL["log_price"]] = np.log1p(price)
+    dense[:, COL["price_vs_user"]] = np.where(price > 0, vs_user, 0.0)
     dense[:, COL["log_user_events"]] = math.log1p(sum(int(v) for v in (uf.get("counts") or {}).values()))
-    dense[:, COL["in_session"]] = [i in last_viewed for i in item_ids]
+    dense[:, COL["in_session"]] = [i in last_viewed for i in item_ids] if last_viewed else 0.0
     dense[:, COL["n_sources"]] = [len(r) for r in retrievals]
-    return FeatureBatch(item_ids, cats, brands, constants, dense)
+    return FeatureBatch(item_ids, cats, items.brand, constants, dense, items.hashes)
 
 
 def assemble_batch(
@@ -209,7 +249,7 @@ def assemble_batch(
 ) -> list[dict[str, Any]]:
     """``assemble_columns`` from stored catalog rows and stats, as one dict per item (the
     offline training-set builder's entry point)."""
-    items = [item_row(c, s) for c, s in zip(catalogs, item_stats, strict=True)]
+    items = ItemColumns.from_rows([item_row(c, s) for c, s in zip(catalogs, item_stats, strict=True)])
     return assemble_columns(item_ids=item_ids, items=items, retrievals=retrievals,
                             user_features=user_features, session_affinity=session_affinity,
                             last_viewed=last_viewed, context=context, now_ms=now_ms,

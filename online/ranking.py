@@ -50,7 +50,7 @@ class HeuristicRanker:
         return np.stack([p, 0.25 * p, 0.1 * p], axis=1)
 
 
-def value_scores(probs: np.ndarray, prices: Sequence[float], revenue_weight: float,
+def value_scores(probs: np.ndarray, prices: Sequence[float] | np.ndarray, revenue_weight: float,
                  click_weight: float) -> np.ndarray:
     """value = revenue_weight · p_purchase · log1p(price) + click_weight · p_click.
 

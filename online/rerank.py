@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from online.features import ItemRow
+from online.features import ItemColumns
 from online.scorer import Ranked
 
 
@@ -29,7 +29,7 @@ class Exploration:
         return log_views < self.niche_log_views or any(s in self.pool_sources for s in sources)
 
 
-def diversify(order: Sequence[int], k: int, items: Sequence[ItemRow], max_per_category: int,
+def diversify(order: Sequence[int], k: int, items: ItemColumns, max_per_category: int,
               max_per_brand: int) -> list[int]:
     """Positions (into ``items``) of the first ``k`` of ``order`` after dropping inactive items
     and greedily capping items per category and brand; backfilled from the capped ones if short."""
@@ -37,11 +37,11 @@ def diversify(order: Sequence[int], k: int, items: Sequence[ItemRow], max_per_ca
     skipped: list[int] = []
     per_cat: dict[str, int] = {}
     per_brand: dict[str, int] = {}
+    categories, brands, active = items.category, items.brand, items.active
     for j in order:
-        row = items[j]
-        if not row.active:
+        if not active[j]:
             continue
-        cat, brand = row.category, row.brand
+        cat, brand = categories[j], brands[j]
         if (cat and per_cat.get(cat, 0) >= max_per_category) or (
                 brand and per_brand.get(brand, 0) >= max_per_brand):
             skipped.append(j)

@@ -22,7 +22,7 @@ from online import metrics
 from online import retrieval as R
 from online import scorer as S
 from online.errors import InvalidArgument, grpc_errors
-from online.features import COL, FeatureBatch, ItemRow, assemble_columns
+from online.features import COL, FeatureBatch, ItemColumns, assemble_columns
 from online.impressions import ImpressionLogger
 from online.ranking import HeuristicRanker, ModelHolder, Ranker, value_scores
 from online.rerank import Exploration, diversify, explore
@@ -207,21 +207,22 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
 
     def _features(self, cands: list[S.Candidate], state: UserState,
                   req: recommend_pb2.RecommendRequest, surface: str, now_ms: int
-                  ) -> tuple[FeatureBatch, list[ItemRow]]:
+                  ) -> tuple[FeatureBatch, ItemColumns]:
         ids = [c.item_id for c in cands]
+        last = state.last_viewed
         # item rows (process memory, refreshed from Redis) for them and the session's items
-        rows = self.store.item_rows([*ids, *state.last_viewed])
-        items = [rows[i] for i in ids]
-        affinity = S.category_affinity(state.last_viewed, {i: rows[i].category for i in state.last_viewed})
+        cols = self.store.item_columns([*ids, *last])
+        items = cols.head(len(ids))
+        affinity = S.category_affinity(last, dict(zip(last, cols.category[len(ids):], strict=True)))
         ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
         batch = assemble_columns(
             item_ids=ids, items=items, retrievals=[c.retrieval for c in cands],
             user_features=state.features, session_affinity=affinity,
-            last_viewed=frozenset(state.last_viewed), context=ctx, now_ms=now_ms,
+            last_viewed=frozenset(last), context=ctx, now_ms=now_ms,
             half_life_s=self.s.popularity_half_life_s)
         return batch, items
 
-    def _rerank(self, cands: list[S.Candidate], batch: FeatureBatch, items: list[ItemRow],
+    def _rerank(self, cands: list[S.Candidate], batch: FeatureBatch, items: ItemColumns,
                 probs: Any, arm: str, k: int) -> list[S.Ranked]:
         """Value, order (by arm), diversity caps, exploration. ``Ranked`` (with its feature dict)
         is built only for the items that may be served."""
@@ -229,7 +230,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             return []
         for head, col in (("click", 0), ("cart", 1), ("purchase", 2)):
             metrics.PREDICTED.labels(head).set(float(probs[:, col].mean()))
-        values = value_scores(probs, [r.price for r in items], self.s.value_revenue_weight,
+        values = value_scores(probs, items.price, self.s.value_revenue_weight,
                               self.s.value_click_weight)
         if arm == "popular":
             order = np.argsort(-batch.dense[:, COL["popular"]], kind="stable")
@@ -248,11 +249,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         out = [ranked(j) for j in picked]
         if arm in ("model", "heuristic"):
             chosen = set(picked)
-            log_views = batch.dense[:, COL["log_views"]]
+            log_views, active = batch.dense[:, COL["log_views"]], items.active
             policy = self.exploration
 
             def rest() -> list[S.Ranked]:
-                return [ranked(j) for j in order_l if j not in chosen and items[j].active
+                return [ranked(j) for j in order_l if j not in chosen and active[j]
                         and policy.in_pool(cands[j].sources, float(log_views[j]))]
             with self._rng_lock:
                 out = explore(out, rest, policy, self._rng)

@@ -14,15 +14,16 @@ The fallback list is held in memory (``servicer.FallbackList``).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
 import redis
 
-from online.features import CatalogPart, ItemRow, StatsPart, catalog_part, combine, stats_part
+from online.features import ItemColumns, catalog_part, stats_part
+from online.item_table import ItemTable
 from proto import codecs
 from proto.keys import Keys
 
@@ -52,7 +53,7 @@ class StateStore(Protocol):
     def related(self, items: list[str], per_item: int) -> list[Rows]: ...
     def popular(self, n: int) -> Rows: ...
     def top_sellers(self, n: int) -> Rows: ...
-    def item_rows(self, ids: list[str]) -> dict[str, ItemRow]: ...
+    def item_columns(self, ids: list[str]) -> ItemColumns: ...
     def trending(self, categories: list[str], n: int) -> list[Rows]: ...
     def new_items(self, n: int) -> Rows: ...
     def cache_result(self, user_id: str, value: dict[str, Any], ttl_s: float) -> None: ...
@@ -64,6 +65,15 @@ def _decode(raw: bytes | None) -> dict[str, Any] | None:
     except codecs.CodecError as exc:
         log.warning("skipping undecodable state value: %s", exc)
         return None
+
+
+def _score_pairs(raw: list[Any]) -> Rows:
+    """A raw ZREVRANGE … WITHSCORES reply: flat [member, score, …] (RESP2) or nested
+    [[member, score], …] (RESP3) -> [(member, score)]."""
+    if raw and isinstance(raw[0], list):
+        return [(m.decode(), float(sc)) for m, sc in raw]
+    it = iter(raw or ())
+    return [(m.decode(), float(sc)) for m, sc in zip(it, it, strict=True)]
 
 
 def _evict_oldest(d: dict[Any, Any]) -> None:
@@ -110,7 +120,7 @@ class RedisStore:
             health_check_interval=0,
         )
         self.catalog_ttl_s, self.item_stats_ttl_s, self.max_items = catalog_ttl_s, item_stats_ttl_s, max_items
-        self._items: dict[str, _Item] = {}
+        self.table = ItemTable()
         self._lists: TtlCache[Rows] = TtlCache(list_ttl_s, 200_000)
 
     # --- per user (never cached) ---------------------------------------------------------
@@ -138,11 +148,11 @@ class RedisStore:
         missing = [j for j, rows in enumerate(out) if rows is None]
         if missing:
             pipe = self.client.pipeline(transaction=False)
-            for j in missing:
-                pipe.zrevrange(keys[j], 0, n - 1, withscores=True)
-            for j, rows in zip(missing, pipe.execute(), strict=True):
-                out[j] = [(m.decode(), float(s)) for m, s in rows]
-                self._lists.put((keys[j], n), out[j] or [], now)
+            for j in missing:  # raw: redis-py's per-score conversion costs more than the read
+                pipe.execute_command("ZREVRANGE", keys[j], 0, n - 1, "WITHSCORES")
+            for j, raw in zip(missing, pipe.execute(), strict=True):
+                out[j] = rows = _score_pairs(raw)
+                self._lists.put((keys[j], n), rows, now)
         return [rows or [] for rows in out]
 
     def related(self, items: list[str], per_item: int) -> list[Rows]:
@@ -161,64 +171,35 @@ class RedisStore:
         return self._zsets([self.keys.new_items()], n)[0]
 
     # --- item rows (in process memory, refreshed from Redis) -----------------------------
-    def item_rows(self, ids: list[str]) -> dict[str, ItemRow]:
-        """``ItemRow`` per id (unknown items get neutral rows). Catalog parts older than
-        ``catalog_ttl_s`` and stats older than ``item_stats_ttl_s`` (or never read) are
-        re-read, all in ONE round trip."""
+    def item_columns(self, ids: list[str]) -> ItemColumns:
+        """The ``ItemColumns`` of ``ids`` (unknown items get neutral rows) from the in-memory
+        item table. Catalog parts older than ``catalog_ttl_s`` and stats older than
+        ``item_stats_ttl_s`` (or never read) are re-read first, in ONE round trip."""
         now = time.monotonic()
-        entries: dict[str, _Item] = {}
-        need_cat: list[str] = []
-        need_stats: list[str] = []
-        cat_ttl, stats_ttl, items = self.catalog_ttl_s, self.item_stats_ttl_s, self._items
-        for i in ids:
-            if i in entries:
-                continue
-            e = items.get(i)
-            if e is None:
-                e = items[i] = _Item()
-            entries[i] = e
-            if now - e.cat_t >= cat_ttl:
-                need_cat.append(i)
-            if now - e.stats_t >= stats_ttl:
-                need_stats.append(i)
-        if need_cat or need_stats:
-            self._read_items(entries, need_cat, need_stats, now)
-        return {i: e.row for i, e in entries.items()}
+        table = self.table
+        rows = table.rows_of(ids)
+        need_cat, need_stats = table.stale(rows, now, self.catalog_ttl_s, self.item_stats_ttl_s)
+        if need_cat.any() or need_stats.any():
+            self._read_items(ids, need_cat, need_stats, now)
+            rows = table.rows_of(ids)
+        return table.gather(rows)
 
-    def _read_items(self, entries: dict[str, _Item], need_cat: list[str], need_stats: list[str],
+    def _read_items(self, ids: list[str], need_cat: np.ndarray, need_stats: np.ndarray,
                     now: float) -> None:
+        stale = np.flatnonzero(need_cat | need_stats)
+        todo = list(dict.fromkeys(ids[j] for j in stale))
+        cat_ids = list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_cat)))
+        stats_ids = list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_stats)))
         pipe = self.client.pipeline(transaction=False)
-        if need_cat:
-            pipe.mget([self.keys.item_catalog(i) for i in need_cat])
-        if need_stats:
-            pipe.mget([self.keys.item_features(i) for i in need_stats])
+        if cat_ids:
+            pipe.mget([self.keys.item_catalog(i) for i in cat_ids])
+        if stats_ids:
+            pipe.mget([self.keys.item_features(i) for i in stats_ids])
         res = iter(pipe.execute())
-        if need_cat:
-            for i, raw in zip(need_cat, next(res), strict=True):
-                e = entries[i]
-                e.cat, e.cat_t = catalog_part(_decode(raw)), now
-        if need_stats:
-            for i, raw in zip(need_stats, next(res), strict=True):
-                e = entries[i]
-                e.stats, e.stats_t = stats_part(_decode(raw)), now
-        items = self._items
-        for i in {*need_cat, *need_stats}:
-            e = entries[i]
-            e.row = combine(e.cat, e.stats)
-            items.pop(i, None)
-            items[i] = e  # re-inserted: dict order is refresh order, the oldest go first
-        if len(items) > self.max_items:
-            _evict_oldest(items)
-
-
-class _Item:
-    """One item held in process memory: its catalog and stats parts, when each was read, and
-    the combined row."""
-
-    __slots__ = ("cat", "cat_t", "row", "stats", "stats_t")
-
-    def __init__(self) -> None:
-        self.cat: CatalogPart | None = None
-        self.stats: StatsPart | None = None
-        self.cat_t = self.stats_t = -math.inf
-        self.row: ItemRow = combine(None, None)
+        cats: dict[str, Any] = dict(zip(cat_ids, (catalog_part(_decode(r)) for r in next(res)),
+                                        strict=True)) if cat_ids else {}
+        stats: dict[str, Any] = dict(zip(stats_ids, (stats_part(_decode(r)) for r in next(res)),
+                                         strict=True)) if stats_ids else {}
+        if len(self.table) + len(todo) > self.max_items:
+            self.table = ItemTable()  # crude bound: start over, rows refill on demand
+        self.table.put(todo, [cats.get(i, False) for i in todo], [stats.get(i, False) for i in todo], now)

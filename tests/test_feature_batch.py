@@ -1,6 +1,6 @@
 """The columnar feature path the scorer uses: ``assemble_columns`` -> ``FeatureBatch`` ->
 ``FeatureHasher.encode_batch`` / ``HeuristicRanker``, and the item rows held in scorer memory
-(``RedisStore.item_rows``) against a real redis-server."""
+(``RedisStore.item_columns``, ``online.item_table``) against a real redis-server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,18 @@ import numpy as np
 import pytest
 
 from models.deepfm import FeatureHasher
-from online.features import DENSE, assemble_batch, assemble_columns, item_row
+from online.features import (
+    DENSE,
+    CatalogPart,
+    ItemColumns,
+    assemble_batch,
+    assemble_columns,
+    catalog_part,
+    hash_token,
+    item_row,
+    stats_part,
+)
+from online.item_table import ItemTable
 from online.ranking import HeuristicRanker
 from online.store import RedisStore
 from proto import codecs
@@ -66,14 +77,22 @@ def test_columns_follow_the_feature_definitions():
 
 def test_encode_batch_and_heuristic_match_the_dict_path():
     catalogs, stats, kw = _batch()
-    batch = assemble_columns(items=[item_row(c, s) for c, s in zip(catalogs, stats, strict=True)], **kw)
+    rows_in = [item_row(c, s) for c, s in zip(catalogs, stats, strict=True)]
+    batch = assemble_columns(items=ItemColumns.from_rows(rows_in), **kw)
     rows = batch.rows()
     sp_b, dn_b = FeatureHasher().encode_batch(batch)
     sp_d, dn_d = FeatureHasher().encode(rows)
     np.testing.assert_array_equal(sp_b, sp_d)
     np.testing.assert_array_equal(dn_b, dn_d)
     np.testing.assert_allclose(HeuristicRanker().predict(batch), HeuristicRanker().predict(rows))
-    empty = assemble_columns(**{**kw, "item_ids": [], "retrievals": []}, items=[])
+    table = ItemTable()  # the scorer's path: rows and precomputed hashes from the item table
+    table.put(kw["item_ids"], [catalog_part(c) for c in catalogs], [stats_part(x) for x in stats], now=0.0)
+    held = assemble_columns(items=table.gather(table.rows_of(kw["item_ids"])), **kw)
+    assert held.hashes is not None and held.rows() == rows
+    sp_t, dn_t = FeatureHasher().encode_batch(held)
+    np.testing.assert_array_equal(sp_t, sp_d)
+    np.testing.assert_array_equal(dn_t, dn_d)
+    empty = assemble_columns(**{**kw, "item_ids": [], "retrievals": []}, items=ItemColumns.from_rows([]))
     assert len(empty) == 0 and HeuristicRanker().predict(empty).shape == (0, 3)
 
 
@@ -85,24 +104,49 @@ def test_item_row_prefers_catalog_and_falls_back_to_stats():
     assert neutral.active and neutral.price == 0.0 and math.isnan(neutral.views)
 
 
+def _row(store: RedisStore, item: str) -> dict:
+    cols = store.item_columns([item])
+    return {"category": cols.category[0], "price": cols.price[0], "ctr": cols.ctr[0],
+            "active": bool(cols.active[0]), "views": cols.views[0],
+            "hashes": {k: int(v[0]) for k, v in (cols.hashes or {}).items()}}
+
+
 def test_item_rows_are_held_in_memory_and_refreshed_after_their_ttl(settings, redis_client):
     k = Keys(settings.redis_prefix)
     redis_client.set(k.item_catalog("a"), codecs.encode({"category": "c1", "price": 10.0, "active": True}))
     redis_client.set(k.item_features("a"), codecs.encode({"views": 1.0, "ctr": 0.03}))
     store = RedisStore(settings.redis_url, k, catalog_ttl_s=0.6, item_stats_ttl_s=0.3)
-    first = store.item_rows(["a", "unknown", "a"])
-    assert first["a"].ctr == 0.03 and first["a"].category == "c1" and first["unknown"] == item_row(None, None)
+    cols = store.item_columns(["a", "unknown", "a"])
+    assert list(cols.category) == ["c1", "", "c1"] and list(cols.ctr) == [0.03, 0.02, 0.03]
+    assert math.isnan(cols.views[1]) and cols.active[1]  # unknown: the neutral row
+    assert _row(store, "a")["hashes"] == {"item_id": hash_token("item_id", "a"),
+                                          "category": hash_token("category", "c1"), "brand": 0}
     redis_client.set(k.item_features("a"), codecs.encode({"views": 1.0, "ctr": 0.09}))
-    redis_client.set(k.item_catalog("a"), codecs.encode({"category": "c1", "price": 10.0, "active": False}))
-    assert store.item_rows(["a"])["a"].ctr == 0.03  # within the stats TTL: from memory
+    redis_client.set(k.item_catalog("a"), codecs.encode({"category": "c2", "price": 10.0, "active": False}))
+    assert _row(store, "a")["ctr"] == 0.03  # within the stats TTL: from memory
     time.sleep(0.35)
-    row = store.item_rows(["a"])["a"]
-    assert row.ctr == 0.09 and row.active  # stats re-read, the catalog row not yet
+    row = _row(store, "a")
+    assert row["ctr"] == 0.09 and row["active"] and row["category"] == "c1"  # stats re-read only
     time.sleep(0.3)
-    assert not store.item_rows(["a"])["a"].active  # catalog TTL passed: deactivation seen
+    row = _row(store, "a")
+    assert not row["active"] and row["hashes"]["category"] == hash_token("category", "c2")
     fresh = RedisStore(settings.redis_url, k, item_stats_ttl_s=0.0)
     redis_client.set(k.item_features("a"), codecs.encode({"views": 1.0, "ctr": 0.01}))
-    assert fresh.item_rows(["a"])["a"].ctr == 0.01
+    assert _row(fresh, "a")["ctr"] == 0.01
+
+
+def test_item_table_grows_while_readers_hold_rows():
+    table = ItemTable(capacity=2)
+    parts = [CatalogPart(f"c{j % 3}", "", float(j), True) for j in range(50)]
+    for j in range(0, 50, 5):
+        ids = [f"i{x}" for x in range(j, j + 5)]
+        table.put(ids, parts[j:j + 5], [None] * 5, now=1.0)
+        rows = table.rows_of(["i0", *ids])
+        cols = table.gather(rows)
+        assert list(cols.price) == [0.0, *map(float, range(j, j + 5))]
+    assert len(table) == 50 and table.rows_of(["nope"])[0] == -1
+    stale_cat, stale_stats = table.stale(table.rows_of(["i3", "nope"]), 1.5, cat_ttl_s=1.0, stats_ttl_s=0.2)
+    assert list(stale_cat) == [False, True] and list(stale_stats) == [True, True]
 
 
 def test_shared_lists_are_cached_for_their_ttl(settings, redis_client):

@@ -140,8 +140,8 @@ def test_cache_hit_until_the_session_changes(world, redis_client):
         stub = _stub(srv)
         first = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=5), timeout=5)
         calls = []
-        real_items = srv.servicer.store.item_rows
-        srv.servicer.store.item_rows = (  # type: ignore[method-assign]
+        real_items = srv.servicer.store.item_columns
+        srv.servicer.store.item_columns = (  # type: ignore[method-assign]
             lambda ids: calls.append(ids) or real_items(ids))
         again = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=5), timeout=5)
         assert [i.item_id for i in again.items] == [i.item_id for i in first.items] and not calls
