@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ COLUMNS: dict[str, type | str] = {
     "ctr": np.float64, "cvr": np.float64, "active": np.bool_,
     "h_item_id": np.int64, "h_category": np.int64, "h_brand": np.int64,
     "cat_t": np.float64, "stats_t": np.float64,  # when each part was read (monotonic s)
+    "inval_t": np.float64,  # when the row was last invalidated (monotonic s)
 }
 
 
@@ -74,17 +76,32 @@ class ItemTable:
             cols = self.cols
             for item, r in assigned.items():
                 self._parts.append(_Parts(None, None))
-                cols["cat_t"][r] = cols["stats_t"][r] = -math.inf
+                cols["cat_t"][r] = cols["stats_t"][r] = cols["inval_t"][r] = -math.inf
                 cols["h_item_id"][r] = hash_token("item_id", item)
             for item, cat, st in zip(ids, cats, stats, strict=True):
                 r = assigned[item] if item in assigned else self.index[item]
                 parts = self._parts[r]
+                # invalidated after this read began: what was read may predate the change
+                read_t = now if cols["inval_t"][r] < now else -math.inf
                 if cat is not False:
-                    parts.cat, cols["cat_t"][r] = cat if isinstance(cat, CatalogPart) else None, now
+                    parts.cat, cols["cat_t"][r] = cat if isinstance(cat, CatalogPart) else None, read_t
                 if st is not False:
-                    parts.stats, cols["stats_t"][r] = st if isinstance(st, StatsPart) else None, now
+                    parts.stats, cols["stats_t"][r] = st if isinstance(st, StatsPart) else None, read_t
                 self._write(r, combine(parts.cat, parts.stats))
             self.index.update(assigned)  # published last: the rows are written
+
+    def invalidate(self, ids: Sequence[str] | None = None, now: float | None = None) -> int:
+        """Mark the rows of ``ids`` (all rows when None) as to be re-read on their next use,
+        also if a read that began before ``now`` (default: the monotonic clock) puts them
+        afterwards. Returns how many held rows that was."""
+        now = time.monotonic() if now is None else now
+        rows = (np.arange(len(self)) if ids is None else
+                np.fromiter((r for r in map(self.index.get, ids) if r is not None), dtype=np.int64))
+        cols = self.cols
+        cols["inval_t"][rows] = now
+        cols["cat_t"][rows] = -math.inf
+        cols["stats_t"][rows] = -math.inf
+        return len(rows)
 
     def gather(self, rows: npt.NDArray[np.int64]) -> ItemColumns:
         """The columns of these rows (all must be known)."""

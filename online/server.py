@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -26,6 +27,7 @@ from prometheus_client import start_http_server
 from models.registry import default_root
 from online.ann.follower import IndexFollower
 from online.impressions import ImpressionLogger
+from online.item_feed import ItemChangeFollower
 from online.ranking import ModelHolder, default_loader
 from online.servicer import RecommendServicer
 from online.store import RedisStore, StateStore
@@ -47,6 +49,7 @@ class ScorerServer:
     refresher: Refresher
     models: ModelHolder
     follower: IndexFollower | None = None
+    item_changes: ItemChangeFollower | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()
@@ -55,6 +58,8 @@ class ScorerServer:
         self.models.stop()
         if self.follower is not None:
             self.follower.stop()
+        if self.item_changes is not None:
+            self.item_changes.stop()
         if self.servicer.impressions is not None:
             self.servicer.impressions.close()
 
@@ -91,6 +96,16 @@ def _ann_follower(settings: Settings) -> IndexFollower | None:
         return None
 
 
+def _item_changes(settings: Settings, store: StateStore) -> ItemChangeFollower | None:
+    """The item changelog follower that keeps a ``RedisStore``'s in-memory item rows fresh
+    (its own connection: XREAD BLOCK outlasts the request path's short socket timeout)."""
+    if not isinstance(store, RedisStore):
+        return None
+    client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=5.0,
+                                  socket_connect_timeout=1.0)
+    return ItemChangeFollower(client, store.keys.item_changelog(), lambda: store.table).start()
+
+
 def build_server(settings: Settings, *, port: int | None = None, store: StateStore | None = None,
                  log_impressions: bool = True, max_workers: int = 16, ann: Any = None) -> ScorerServer:
     store = store or RedisStore(
@@ -103,6 +118,7 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
     follower = _ann_follower(settings) if settings.ann_enabled and ann is None else None
     index = ann if ann is not None else (lambda: follower.index if follower else None)
     servicer = RecommendServicer(settings, store, impressions, models, index)
+    item_changes = _item_changes(settings, store)
     refresher = Refresher(servicer, store, settings.top_sellers_refresh_s)
     refresher.refresh_once()
     refresher.start()
@@ -119,7 +135,8 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return ScorerServer(server, bound, servicer, health_servicer, refresher, models, follower)
+    return ScorerServer(server, bound, servicer, health_servicer, refresher, models, follower,
+                        item_changes)
 
 
 def serve(settings: Settings, workers: int | None = None, worker_index: int = 0) -> int:

@@ -2,10 +2,11 @@
 
 * ``user_state`` is ONE pipelined round trip (session, features, purchased items, cached
   result) and is never cached: the session is what makes a click show up in the next answer.
-* Item rows (``online.features.ItemRow``: catalog fields + live stats) are held in process
-  memory: stats are re-read once older than ``item_stats_ttl_s`` (2 s), catalog rows once older
-  than ``catalog_ttl_s`` (30 s, so a price change or deactivation reaches the scorer within
-  that), both in one MGET round trip for the candidates that need it.
+* Item rows (``online.features.ItemColumns``: catalog fields, live stats, sparse-value
+  hashes) are held in process memory, column by column (``online.item_table``). A row is
+  read from Redis on first use and again when the dataflow's item changelog names it
+  (``online.item_feed``); ``item_stats_ttl_s`` / ``catalog_ttl_s`` bound its age should that
+  feed stop. The reads of one request are ONE MGET round trip.
 * Shared lists (popular, top sellers, new items, trending per category, co-visitation per
   item) are the same for every user: each is re-read once older than ``list_ttl_s`` (1 s).
 The fallback list is held in memory (``servicer.FallbackList``).

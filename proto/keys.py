@@ -77,6 +77,11 @@ class Keys:
         """STREAM of embedding writes (the HNSW replicas follow it)."""
         return f"{self.root}:emb:log"
 
+    def item_changelog(self) -> str:
+        """STREAM of changed item ids (field "ids": msgpack list), one entry per sink batch,
+        trimmed: scorers drop their in-memory rows of those items (``online.item_feed``)."""
+        return f"{self.root}:items:log"
+
     def stream_progress(self, flow: str) -> str:
         """HASH partition -> last processed offset (ops visibility)."""
         return f"{self.root}:progress:{flow}"

@@ -101,8 +101,10 @@ class Settings:
     cache_ttl_s: float = 600.0
     request_deadline_ms: float = 100.0  # past this the fallback answers (P99 target 150 ms)
     redis_timeout_ms: float = 50.0
-    item_stats_ttl_s: float = 2.0  # item stats held in scorer memory this long (0 = read per request)
-    catalog_ttl_s: float = 30.0  # catalog rows (price, active) likewise
+    # item rows in scorer memory are re-read when the dataflow's item changelog names them;
+    # these bound their age if that feed stops (0 = read per request)
+    item_stats_ttl_s: float = 60.0
+    catalog_ttl_s: float = 300.0
     list_ttl_s: float = 1.0  # shared lists (popular, trending, co-visitation, ...) likewise
     item_cache_max: int = 1_000_000  # items held per scorer process
     top_sellers_refresh_s: float = 5.0

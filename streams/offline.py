@@ -64,6 +64,8 @@ class StateImage:
             self.zsets[w.key] = dict(keep)
         elif w.op == "sadd":
             self.sets.setdefault(w.key, set()).add(w.value)
+        elif w.op == "notify":
+            pass  # a change notification for the scorers (a log entry), not state
         else:
             raise ValueError(f"unknown op {w.op!r}")
 

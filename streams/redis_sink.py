@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import msgpack
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
@@ -35,7 +36,7 @@ def materialize(value: Any) -> Any:
 
 
 class Write(NamedTuple):
-    op: str  # "set" | "zadd" | "zreplace" | "sadd" | "zrem" | "ztrim"
+    op: str  # "set" | "zadd" | "zreplace" | "sadd" | "zrem" | "ztrim" | "notify" (key: a STREAM)
     key: str
     value: Any
     ingest_ms: int = 0  # Kafka timestamp of the event that caused it (freshness)
@@ -43,6 +44,7 @@ class Write(NamedTuple):
 
 
 MSET_CHUNK = 1000  # keys per MSET command
+CHANGELOG_MAXLEN = 100_000  # entries kept per change-notification stream (approximate trim)
 
 
 def apply_writes(client: redis.Redis, writes: list[Write], ttl_s: int | None = None) -> int:
@@ -50,12 +52,16 @@ def apply_writes(client: redis.Redis, writes: list[Write], ttl_s: int | None = N
 
     Few commands: the SETs go out as MSETs (when there is no TTL) and a key's ZADD or SADD
     writes in a row as one command each (``_merged``); the resulting state is that of applying
-    every write in order."""
+    every write in order. "notify" writes (ids of changed items) become one XADD per stream,
+    after everything else in the batch."""
     last: dict[tuple[str, str], Write] = {}
     adds: list[Write] = []
+    notify: dict[str, dict[str, None]] = {}
     for w in writes:
         if w.op in ("set", "zreplace"):
             last[(w.op, w.key)] = w
+        elif w.op == "notify":
+            notify.setdefault(w.key, {})[w.value] = None
         else:
             adds.append(w)
     pipe = client.pipeline(transaction=False)
@@ -83,8 +89,10 @@ def apply_writes(client: redis.Redis, writes: list[Write], ttl_s: int | None = N
             pipe.zremrangebyrank(key, 0, -int(arg) - 1)
         else:
             raise ValueError(f"unknown state write op {op!r}")
+    for key, ids in notify.items():  # after the writes it announces: readers then see them
+        pipe.xadd(key, {"ids": msgpack.packb(list(ids))}, maxlen=CHANGELOG_MAXLEN, approximate=True)
     pipe.execute()
-    return len(last) + len(adds)
+    return len(last) + len(adds) + len(notify)
 
 
 def _merged(adds: list[Write]) -> list[tuple[str, str, Any]]:

@@ -131,6 +131,10 @@ class StepConfig:
     def top_sellers_key(self) -> str:
         return self.keys.top_sellers()
 
+    @cached_property
+    def item_log(self) -> str:
+        return self.keys.item_changelog()
+
     @classmethod
     def from_settings(cls, s: Settings) -> StepConfig:
         return cls(
@@ -239,10 +243,12 @@ def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
         if old_cat and old_cat != x.category:
             out.append(Write("zrem", k.trending(old_cat), x.item_id, x.ingest_ms, "trending"))
         out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms))
+        out.append(Write("notify", cfg.item_log, x.item_id, x.ingest_ms, "item_changes"))
         return new, out + released
     new = IF.apply_event(st, x.etype, x.ts_ms, cfg.item, x.quantity)
     out = [Write("set", k.item_features(x.item_id), Lazy(_encode_item, new, cfg.item),
-                 x.ingest_ms, "item_stats")]
+                 x.ingest_ms, "item_stats"),
+           Write("notify", cfg.item_log, x.item_id, x.ingest_ms, "item_changes")]
     scores = CHANGED_SCORES.get(x.etype)
     if scores:  # the scores this event changed (the others were written already)
         out.extend(_zsets(cfg, x.item_id, new, x.ingest_ms, scores))

@@ -74,6 +74,10 @@ def test_sessions_item_counts_covisit_and_dead_letters(settings, redis_client):
     # b was co-viewed next to a (twice) and c (once): a ranks above c
     related = [m.decode() for m in redis_client.zrevrange(keys.covisit("b"), 0, -1)]
     assert related == ["a", "c"]
+    # the item changelog names every item whose row changed (scorers re-read those)
+    announced = [i.decode() for _, f in redis_client.xrange(keys.item_changelog())
+                 for i in msgpack.unpackb(f[b"ids"], raw=True)]
+    assert set(announced) == {"a", "b", "c"}
 
     dead = _consume_all(settings, "dead_letter", expect=3)
     reasons = sorted(events_pb2.DeadLetter.FromString(d).reason.split(" ")[0] for d in dead)

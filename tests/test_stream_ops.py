@@ -58,6 +58,8 @@ def _image(client, prefix: str) -> dict:
     for key in client.scan_iter(match=f"{prefix}:*"):
         k = key.decode()[len(prefix):]
         kind = client.type(key).decode()
+        if kind == "stream":  # change notifications (replays after a crash add entries), not state
+            continue
         if kind == "string":
             out[k] = codecs.decode(client.get(key))
         elif kind == "zset":
