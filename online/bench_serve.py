@@ -8,7 +8,9 @@
 2. starts `recsys serve` and, separately, the echo server; drives open-loop load at rising
    rates against each (``sim.loadtest``) and finds the highest rate with p99 <= ``--slo-ms``
    and no errors; measures p50/p99 at half of Recommend's max; reads per-stage p99s from
-   the scorer's metrics.
+   the scorer's metrics. Load starts once every worker has preloaded its item rows
+   (``item_preload``); with several workers the load uses 32 connections per worker, so
+   SO_REUSEPORT's per-connection hash spreads it evenly.
 Starts an embedded broker and redis unless RECSYS_KAFKA_BOOTSTRAP / RECSYS_REDIS_URL are set.
 """
 
@@ -53,10 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def max_rate(address: str, target: str, rates: list[float], step_s: float, slo_ms: float,
-             make_request: Any) -> tuple[float, list[dict[str, Any]]]:
+             make_request: Any, channels: int = 4) -> tuple[float, list[dict[str, Any]]]:
     best, runs = 0.0, []
     for rps in rates:
-        res: LoadResult = run_open_loop(target, address, rps, step_s, make_request)
+        res: LoadResult = run_open_loop(target, address, rps, step_s, make_request, channels=channels)
         rep = res.report()
         ok = rep["errors"] == 0 and rep["p99_ms"] <= slo_ms and rep["achieved_rps"] >= 0.95 * rps
         runs.append({"rps": rps, "ok": ok, **{k: rep[k] for k in ("achieved_rps", "p50_ms", "p99_ms",
@@ -106,14 +108,20 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
                              "--workers", str(args.workers)], env=settings_to_env(s))
     address = f"127.0.0.1:{s.grpc_port}"
     try:
-        sv.wait_until(lambda: bool(sv.scrape(s.serve_metrics_port)), 600, "the scorer", None, 0.5)
+        ports = [s.serve_metrics_port + i for i in range(args.workers)]
+        t_ready = time.perf_counter()
+        sv.wait_until(lambda: all(_preloaded(p) for p in ports), 900, "the scorer's item warm-up",
+                      None, 0.5)
+        print(f"scorer ready (item rows preloaded) after {time.perf_counter() - t_ready:.0f}s", flush=True)
         make = recommend_requests(users=args.users, k=args.k, seed=args.seed)
-        run_open_loop("recommend", address, 20, 5, make)  # warm up (connections, caches)
+        # connections spread over the workers by SO_REUSEPORT's hash: many, for an even split
+        channels = 4 if args.workers == 1 else 32 * args.workers
+        run_open_loop("recommend", address, 20, 5, make, channels=channels)  # warm up
         rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
-                                     args.slo_ms, make)
+                                     args.slo_ms, make, channels)
         half = max(rec_max / 2, 10.0)
         before = sv.scrape(s.serve_metrics_port)  # stage percentiles: the half-load run only
-        rep = run_open_loop("recommend", address, half, args.step_s * 2, make).report()
+        rep = run_open_loop("recommend", address, half, args.step_s * 2, make, channels=channels).report()
         after = sv.scrape(s.serve_metrics_port)
     finally:
         proc.terminate()
@@ -126,7 +134,8 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "recommend_max_rps": rec_max, "ratio": round(rec_max / echo_max, 4) if echo_max else None,
         "p50_ms": rep["p50_ms"], "p99_ms": rep["p99_ms"], "half_load_rps": half,
         "half_load_degraded_rate": rep["degraded_rate"], "stage_p99_ms": stage_p99(before, after),
-        "cores": os.cpu_count(), "workers": args.workers, "slo_ms": args.slo_ms, "model": model,
+        "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8, "slo_ms": args.slo_ms,
+        "model": model,
         "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,
         "echo_runs": echo_runs,
     }
@@ -134,6 +143,11 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
     if args.report:
         write_json(args.report, report)
     return 0
+
+
+def _preloaded(port: int) -> bool:
+    samples = sv.scrape(port).get("recsys_serve_item_preload_done", [])
+    return any(v >= 1 for _, v in samples)
 
 
 def _rates(text: str) -> list[float]:

@@ -45,6 +45,7 @@ class ItemTable:
         self._parts: list[_Parts] = []
         self.cols: dict[str, np.ndarray] = {n: _empty(n, capacity) for n in COLUMNS}
         self._lock = threading.Lock()
+        self._memo: dict[tuple[str, str], int] = {}  # (field, value) -> hash: categories repeat
 
     def __len__(self) -> int:
         return len(self.index)
@@ -66,7 +67,7 @@ class ItemTable:
     def put(self, ids: Sequence[str], cats: Sequence[CatalogPart | bool | None],
             stats: Sequence[StatsPart | bool | None], now: float) -> None:
         """Write freshly read parts (None: the key does not exist; ``False``: not re-read, keep
-        the part held)."""
+        the part held). Column writes are batched: a bulk load costs a few µs per item."""
         with self._lock:
             assigned: dict[str, int] = {}
             for item in ids:
@@ -74,21 +75,43 @@ class ItemTable:
                     assigned[item] = len(self._parts) + len(assigned)
             self._grow(len(self._parts) + len(assigned))
             cols = self.cols
-            for item, r in assigned.items():
-                self._parts.append(_Parts(None, None))
-                cols["cat_t"][r] = cols["stats_t"][r] = cols["inval_t"][r] = -math.inf
-                cols["h_item_id"][r] = hash_token("item_id", item)
-            for item, cat, st in zip(ids, cats, stats, strict=True):
-                r = assigned[item] if item in assigned else self.index[item]
+            if assigned:
+                new = np.fromiter(assigned.values(), dtype=np.int64, count=len(assigned))
+                self._parts.extend(_Parts(None, None) for _ in assigned)
+                for name in ("cat_t", "stats_t", "inval_t"):
+                    cols[name][new] = -math.inf
+                cols["h_item_id"][new] = [hash_token("item_id", i) for i in assigned]
+            rows = [assigned[i] if i in assigned else self.index[i] for i in ids]
+            r_arr = np.asarray(rows, dtype=np.int64)
+            # invalidated after this read began: what was read may predate the change
+            read_t = np.where(cols["inval_t"][r_arr] < now, now, -math.inf)
+            combined = []
+            for r, cat, st in zip(rows, cats, stats, strict=True):
                 parts = self._parts[r]
-                # invalidated after this read began: what was read may predate the change
-                read_t = now if cols["inval_t"][r] < now else -math.inf
                 if cat is not False:
-                    parts.cat, cols["cat_t"][r] = cat if isinstance(cat, CatalogPart) else None, read_t
+                    parts.cat = cat if isinstance(cat, CatalogPart) else None
                 if st is not False:
-                    parts.stats, cols["stats_t"][r] = st if isinstance(st, StatsPart) else None, read_t
-                self._write(r, combine(parts.cat, parts.stats))
+                    parts.stats = st if isinstance(st, StatsPart) else None
+                combined.append(combine(parts.cat, parts.stats))
+            cat_read = np.fromiter((c is not False for c in cats), dtype=bool, count=len(rows))
+            st_read = np.fromiter((x is not False for x in stats), dtype=bool, count=len(rows))
+            cols["cat_t"][r_arr[cat_read]] = read_t[cat_read]
+            cols["stats_t"][r_arr[st_read]] = read_t[st_read]
+            if combined:
+                for name, values in zip(ItemRow._fields, zip(*combined, strict=True), strict=True):
+                    cols[name][r_arr] = values
+                cols["h_category"][r_arr] = [self._hash("category", c) for c in cols["category"][r_arr]]
+                cols["h_brand"][r_arr] = [self._hash("brand", b) for b in cols["brand"][r_arr]]
             self.index.update(assigned)  # published last: the rows are written
+
+    def _hash(self, field: str, value: str) -> int:
+        key = (field, value)
+        h = self._memo.get(key)
+        if h is None:
+            if len(self._memo) > 1_000_000:
+                self._memo.clear()
+            h = self._memo[key] = hash_token(field, value)
+        return h
 
     def invalidate(self, ids: Sequence[str] | None = None, now: float | None = None) -> int:
         """Mark the rows of ``ids`` (all rows when None) as to be re-read on their next use,
@@ -113,13 +136,6 @@ class ItemTable:
             hashes={n: cols[f"h_{n}"][rows] for n in PER_ITEM_SPARSE})
 
     # --- writer side (lock held) ---------------------------------------------------------
-    def _write(self, r: int, row: ItemRow) -> None:
-        cols = self.cols
-        for name, value in zip(ItemRow._fields, row, strict=True):
-            cols[name][r] = value
-        cols["h_category"][r] = hash_token("category", row.category)
-        cols["h_brand"][r] = hash_token("brand", row.brand)
-
     def _grow(self, need: int) -> None:
         cap = len(self.cols["price"])
         if need <= cap:

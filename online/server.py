@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from models.registry import default_root
+from online import metrics
 from online.ann.follower import IndexFollower
 from online.impressions import ImpressionLogger
 from online.item_feed import ItemChangeFollower
@@ -106,6 +108,24 @@ def _item_changes(settings: Settings, store: StateStore) -> ItemChangeFollower |
     return ItemChangeFollower(client, store.keys.item_changelog(), lambda: store.table).start()
 
 
+def _preload_items(store: StateStore, n: int) -> None:
+    """Warm the in-memory item rows with the ``n`` most viewed items, in the background
+    (``recsys_serve_item_preload_done`` says when it is over)."""
+    if not isinstance(store, RedisStore) or n <= 0:
+        metrics.ITEM_PRELOAD.set(1)
+        return
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        try:
+            loaded = store.preload(n)
+            log.info("item rows: %d most viewed items preloaded in %.1f s", loaded, time.perf_counter() - t0)
+        except redis.RedisError as exc:
+            log.warning("item preload stopped (rows load on demand): %s", exc)
+        metrics.ITEM_PRELOAD.set(1)
+    threading.Thread(target=run, name="item-preload", daemon=True).start()
+
+
 def build_server(settings: Settings, *, port: int | None = None, store: StateStore | None = None,
                  log_impressions: bool = True, max_workers: int = 16, ann: Any = None) -> ScorerServer:
     store = store or RedisStore(
@@ -122,6 +142,7 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
     refresher = Refresher(servicer, store, settings.top_sellers_refresh_s)
     refresher.refresh_once()
     refresher.start()
+    _preload_items(store, settings.item_preload)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
     recommend_pb2_grpc.add_RecommendServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

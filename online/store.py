@@ -15,6 +15,7 @@ The fallback list is held in memory (``servicer.FallbackList``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -23,6 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import redis
 
+from online import metrics
 from online.features import ItemColumns, catalog_part, stats_part
 from online.item_table import ItemTable
 from proto import codecs
@@ -187,10 +189,11 @@ class RedisStore:
 
     def _read_items(self, ids: list[str], need_cat: np.ndarray, need_stats: np.ndarray,
                     now: float) -> None:
-        stale = np.flatnonzero(need_cat | need_stats)
-        todo = list(dict.fromkeys(ids[j] for j in stale))
-        cat_ids = list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_cat)))
-        stats_ids = list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_stats)))
+        self._read(list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_cat))),
+                   list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_stats))), now)
+
+    def _read(self, cat_ids: list[str], stats_ids: list[str], now: float) -> None:
+        """Read these items' catalog rows / stats (one round trip) into the item table."""
         pipe = self.client.pipeline(transaction=False)
         if cat_ids:
             pipe.mget([self.keys.item_catalog(i) for i in cat_ids])
@@ -201,6 +204,26 @@ class RedisStore:
                                         strict=True)) if cat_ids else {}
         stats: dict[str, Any] = dict(zip(stats_ids, (stats_part(_decode(r)) for r in next(res)),
                                          strict=True)) if stats_ids else {}
+        todo = list(dict.fromkeys([*cat_ids, *stats_ids]))
         if len(self.table) + len(todo) > self.max_items:
             self.table = ItemTable()  # crude bound: start over, rows refill on demand
         self.table.put(todo, [cats.get(i, False) for i in todo], [stats.get(i, False) for i in todo], now)
+        metrics.ITEM_ROWS.set(len(self.table))
+
+    def preload(self, n: int, batch: int = 2000, stop: threading.Event | None = None) -> int:
+        """Warm-up: read the rows of the ``n`` most viewed items (the popularity ZSET, best
+        first) into the item table, ``batch`` at a time; returns how many were read. Run in a
+        background thread at start: requests meanwhile read what they need themselves."""
+        loaded = 0
+        for start in range(0, n, batch):
+            if stop is not None and stop.is_set():
+                break
+            ids = [m.decode() for m in self.client.zrevrange(self.keys.popular(), start,
+                                                               min(n, start + batch) - 1)]
+            todo = [i for i in ids if i not in self.table.index]
+            if todo:
+                self._read(todo, todo, time.monotonic())
+            loaded += len(todo)
+            if len(ids) < batch:
+                break
+        return loaded

@@ -106,7 +106,8 @@ class Settings:
     item_stats_ttl_s: float = 60.0
     catalog_ttl_s: float = 300.0
     list_ttl_s: float = 1.0  # shared lists (popular, trending, co-visitation, ...) likewise
-    item_cache_max: int = 1_000_000  # items held per scorer process
+    item_cache_max: int = 2_000_000  # items held per scorer process
+    item_preload: int = 1_000_000  # the most viewed items read into scorer memory at start
     top_sellers_refresh_s: float = 5.0
     surfaces: tuple[str, ...] = ("home", "pdp", "cart")
     ab_experiment: str = "default"

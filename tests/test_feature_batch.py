@@ -191,3 +191,18 @@ def test_an_invalidation_during_a_read_is_not_lost():
     table.put(["a"], [False], [StatsPart("", "", 0.0, 1.0, 0.02, 0.05)], now=read_began)
     _, stale_stats = table.stale(table.rows_of(["a"]), 21.0, 3600.0, 3600.0)
     assert stale_stats[0]  # ... so what it read may be older than the change: read again
+
+
+def test_preload_reads_the_most_viewed_items_first(settings, redis_client):
+    k = Keys(settings.redis_prefix)
+    for j in range(5):
+        redis_client.set(k.item_catalog(f"p{j}"), codecs.encode({"category": f"c{j}", "price": 1.0}))
+    redis_client.zadd(k.popular(), {f"p{j}": float(j) for j in range(5)})
+    store = RedisStore(settings.redis_url, k)
+    assert store.preload(3, batch=2) == 3
+    assert set(store.table.index) == {"p4", "p3", "p2"}  # the three most viewed
+    reads: list = []
+    real = store._read
+    store._read = lambda c, s, now: reads.append((c, s)) or real(c, s, now)  # type: ignore[method-assign]
+    assert list(store.item_columns(["p4", "p2"]).category) == ["c4", "c2"] and not reads
+    assert list(store.item_columns(["p0"]).category) == ["c0"] and reads == [(["p0"], ["p0"])]
