@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LAT = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
@@ -21,3 +24,9 @@ IMPRESSIONS_DROPPED = Counter("recsys_serve_impressions_dropped_total",
 FALLBACK_SIZE = Gauge("recsys_serve_fallback_items", "items in the in-memory fallback list")
 ITEM_ROWS = Gauge("recsys_serve_item_rows", "item rows held in scorer memory")
 ITEM_PRELOAD = Gauge("recsys_serve_item_preload_done", "1 once the start-up item warm-up has finished")
+
+
+@cache
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, resolved once (a request records ~20 samples)."""
+    return metric.labels(*labels)

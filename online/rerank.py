@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from online.features import ItemColumns
 from online.scorer import Ranked
@@ -54,27 +55,34 @@ def diversify(order: Sequence[int], k: int, items: ItemColumns, max_per_category
     return (picked + skipped)[:k]
 
 
-def explore(items: list[Ranked], rest: Sequence[Ranked] | Callable[[], Sequence[Ranked]],
-            policy: Exploration, rng: random.Random) -> list[Ranked]:
+def explore(items: list[Ranked], rest: Sequence[Any] | Callable[[], Sequence[Any]],
+            policy: Exploration, rng: random.Random,
+            make: Callable[[Any], Ranked] | None = None) -> list[Ranked]:
     """Apply epsilon-greedy exploration on the reserved slots of ``items`` (the exploit list).
-    ``rest`` are the ranked candidates not in it, or a function returning them: it is called
-    only when a slot does explore, since most requests do not."""
+
+    ``rest`` are the ranked candidates not in it (filtered here with ``policy.in_pool``), or
+    a function returning them, called only when a slot does explore (most requests do not).
+    With ``make``, ``rest`` holds cheap handles of pool members, already filtered, and
+    ``make(handle)`` builds the ``Ranked`` of the one that is picked."""
     if policy.epsilon <= 0 or not policy.slots:
         return items
     out = list(items)
-    pool: list[Ranked] | None = None
+    pool: list[Any] | None = None
     for pos in policy.slots:
         if pos >= len(out):
             continue
         if rng.random() < policy.epsilon:
             if pool is None:
+                cands = rest() if callable(rest) else rest
                 shown = {r.item_id for r in items}
-                pool = [r for r in (rest() if callable(rest) else rest) if r.item_id not in shown
-                        and policy.in_pool(r.sources, r.features.get("log_views", 0.0))]
+                pool = list(cands) if make is not None else [
+                    r for r in cands if r.item_id not in shown
+                    and policy.in_pool(r.sources, r.features.get("log_views", 0.0))]
             if pool:
                 pick = pool.pop(rng.randrange(len(pool)))
-                out[pos] = replace(pick, propensity=policy.epsilon / (len(pool) + 1),
-                                   sources=(*pick.sources, "explore"))
+                picked = make(pick) if make is not None else pick
+                out[pos] = replace(picked, propensity=policy.epsilon / (len(pool) + 1),
+                                   sources=(*picked.sources, "explore"))
                 continue
         out[pos] = replace(out[pos], propensity=1.0 - policy.epsilon)
     return out

@@ -147,11 +147,11 @@ def retrieve(sources: Sequence[Source], q: Query) -> list[tuple[str, Rows]]:
         try:
             rows = src.fetch(q)
         except Exception as exc:  # noqa: BLE001 - one source failing must not fail the request
-            metrics.SOURCE_ERRORS.labels(src.name).inc()
+            metrics.child(metrics.SOURCE_ERRORS, src.name).inc()
             log.debug("retrieval source %s failed: %s", src.name, exc)
             rows = []
-        metrics.STAGE_LATENCY.labels(f"source_{src.name}").observe(time.perf_counter() - t0)
-        metrics.CANDIDATES.labels(src.name).observe(len(rows))
+        metrics.child(metrics.STAGE_LATENCY, f"source_{src.name}").observe(time.perf_counter() - t0)
+        metrics.child(metrics.CANDIDATES, src.name).observe(len(rows))
         if rows:
             out.append((src.name, rows))
     return out

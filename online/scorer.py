@@ -25,8 +25,10 @@ class Candidate:
         return f"Candidate({self.item_id!r}, {self.sources!r}, {self.retrieval!r})"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ranked:
+    """A scored candidate as served (not changed once made; ``dataclasses.replace`` copies)."""
+
     item_id: str
     score: float
     p_click: float

@@ -143,7 +143,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             ranked, version = self._recommend(request, k, arm, surface, t0, now_ms)
         except Exception as exc:  # noqa: BLE001 - any failure degrades, never errors
             degraded, reason = True, f"{type(exc).__name__}: {exc}"[:200]
-            metrics.FALLBACKS.labels(type(exc).__name__).inc()
+            metrics.child(metrics.FALLBACKS, type(exc).__name__).inc()
             ranked = self._fallback(k, set(request.exclude_item_ids))
         resp = recommend_pb2.RecommendResponse(
             request_id=request_id, model_version=version, experiment=self.s.ab_experiment, arm=arm,
@@ -156,13 +156,13 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                                                       p_purchase=r.p_purchase)))
         self._log_impression(request, resp, ranked, surface)
         metrics.LATENCY.observe(time.perf_counter() - t0)
-        metrics.REQUESTS.labels(arm, "degraded" if degraded else "ok").inc()
+        metrics.child(metrics.REQUESTS, arm, "degraded" if degraded else "ok").inc()
         return resp
 
     # --- stages ----------------------------------------------------------------------------
     def _check(self, t0: float, stage: str, t_stage: float) -> float:
         now = time.perf_counter()
-        metrics.STAGE_LATENCY.labels(stage).observe(now - t_stage)
+        metrics.child(metrics.STAGE_LATENCY, stage).observe(now - t_stage)
         if (now - t0) * 1000 > self.s.request_deadline_ms:
             raise DeadlineExceeded(f"deadline {self.s.request_deadline_ms} ms passed after {stage}")
         return now
@@ -229,7 +229,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         if probs is None:
             return []
         for head, col in (("click", 0), ("cart", 1), ("purchase", 2)):
-            metrics.PREDICTED.labels(head).set(float(probs[:, col].mean()))
+            metrics.child(metrics.PREDICTED, head).set(float(probs[:, col].mean()))
         values = value_scores(probs, items.price, self.s.value_revenue_weight,
                               self.s.value_click_weight)
         if arm == "popular":
@@ -249,23 +249,23 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         out = [ranked(j) for j in picked]
         if arm in ("model", "heuristic"):
             chosen = set(picked)
-            log_views, active = batch.dense[:, COL["log_views"]], items.active
+            log_views, active = batch.dense[:, COL["log_views"]].tolist(), items.active.tolist()
             policy = self.exploration
 
-            def rest() -> list[S.Ranked]:
-                return [ranked(j) for j in order_l if j not in chosen and active[j]
-                        and policy.in_pool(cands[j].sources, float(log_views[j]))]
+            def pool() -> list[int]:
+                return [j for j in order_l if j not in chosen and active[j]
+                        and policy.in_pool(cands[j].sources, log_views[j])]
             with self._rng_lock:
-                out = explore(out, rest, policy, self._rng)
+                out = explore(out, pool, policy, self._rng, make=ranked)
         return out
 
     def _from_cache(self, state: UserState, k: int, arm: str, version: str) -> list[S.Ranked] | None:
         c = state.cached
         if not c or c.get("ver") != state.session_version or c.get("arm") != arm \
                 or len(c.get("items", [])) < k or c.get("model") != version:
-            metrics.CACHE.labels("miss").inc()
+            metrics.child(metrics.CACHE, "miss").inc()
             return None
-        metrics.CACHE.labels("hit").inc()
+        metrics.child(metrics.CACHE, "hit").inc()
         return [S.Ranked(i, s, pc, pa, pp, tuple(src), f, prop)
                 for i, s, pc, pa, pp, src, f, prop in c["items"][:k]]
 

@@ -280,7 +280,8 @@ class AnnIndex:
         with self._lock.read():
             want = min(k + len(skip), len(self._label_of))
             labels, dists = self._search(q, want)
-            hits = [(self._id_of[int(lb)], 1.0 - float(d)) for lb, d in zip(labels, dists, strict=True)]
+            id_of = self._id_of
+            hits = [(id_of[lb], 1.0 - d) for lb, d in zip(labels.tolist(), dists.tolist(), strict=True)]
         return [(item, score) for item, score in hits if item not in skip][:k]
 
     def _search(
