@@ -239,42 +239,43 @@ class _Builder:
                                  exclude=img.sets.get(kk.user_purchased(uid), set()))
         picked, rows = [], []
         for i in self.rng.permutation(len(cands)).tolist():  # uniform exploration
-            row = codecs.decode(img.strings.get(kk.item_catalog(cands[i].item_id)))
+            row = codecs.decode(img.strings.get(kk.item_catalog(cands.item_ids[i])))
             if row is not None and not row.get("active", True):
                 continue  # the scorer's re-rank drops retired items
-            picked.append(cands[i])
+            picked.append(i)
             rows.append(row)
             if len(picked) == k:
                 break
+        chosen = cands.take(picked)
         device, country = context(user)
         ctx = {"surface": "home", "device": device, "country": country}
         aff = category_affinity(last, category_of)
         imp = events_pb2.Impression(request_id=rid, user_id=uid, event_time_ms=t, surface="home",
                                     arm="explore", context=events_pb2.Context(**ctx))
         feats = assemble_batch(
-            item_ids=[c.item_id for c in picked], catalogs=rows,
-            item_stats=[codecs.decode(img.strings.get(kk.item_features(c.item_id))) for c in picked],
-            retrievals=[c.retrieval for c in picked], user_features=uf, session_affinity=aff,
+            item_ids=chosen.item_ids, catalogs=rows,
+            item_stats=[codecs.decode(img.strings.get(kk.item_features(i))) for i in chosen.item_ids],
+            retrievals=chosen.retrieval(), user_features=uf, session_affinity=aff,
             last_viewed=frozenset(last), context=ctx, now_ms=t, half_life_s=self.s.popularity_half_life_s)
-        for pos, c in enumerate(picked):
-            imp.items.append(events_pb2.ServedItem(item_id=c.item_id, position=pos, sources=c.sources,
+        for pos, item in enumerate(chosen.item_ids):
+            imp.items.append(events_pb2.ServedItem(item_id=item, position=pos, sources=chosen.sources_of(pos),
                                                    propensity=len(picked) / max(len(cands), 1)))
         self._feed("impressions", imp.SerializeToString())
         if t >= self.record_from and feats:
-            self._record(rid, user, t, picked, feats)
-        return Served(rid, [c.item_id for c in picked], "explore")
+            self._record(rid, user, t, chosen.item_ids, feats)
+        return Served(rid, chosen.item_ids, "explore")
 
-    def _record(self, rid: str, user: User, t: int, picked: list[Any], feats: list[dict[str, Any]]) -> None:
+    def _record(self, rid: str, user: User, t: int, picked: list[str], feats: list[dict[str, Any]]) -> None:
         r = self.rows
         bot_p = self.world.cfg.behaviour.bot_click_rate
-        for pos, c in enumerate(picked):
-            self.served[(rid, c.item_id)] = len(self.labels)
+        for pos, item_id in enumerate(picked):
+            self.served[(rid, item_id)] = len(self.labels)
             self.labels.append([0.0, 0.0, 0.0])
             self.delay.append(0)
-            item = self.world.index[c.item_id]
+            item = self.world.index[item_id]
             r["p_click"].append(bot_p if user.bot else self.world.p_click(user, item, pos, t))
             r["position"].append(pos)
-            r["item"].append(c.item_id)
+            r["item"].append(item_id)
             r["times"].append(t)
             r["request"].append(self.requests)
         sp, dn = self.hasher.encode(feats)

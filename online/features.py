@@ -152,6 +152,24 @@ class ItemColumns:
                    np.asarray(ctr, f), np.asarray(cvr, f), np.asarray(active, dtype=bool))
 
 
+class RetrievalColumns(NamedTuple):
+    """What ranking uses of retrieval, per candidate: the co-visitation score, the popularity
+    score (popular or top sellers, the larger) and how many sources proposed it."""
+
+    covisit: npt.NDArray[np.float64]
+    popular: npt.NDArray[np.float64]
+    n_sources: npt.NDArray[np.float64]
+
+    @classmethod
+    def from_mappings(cls, retrievals: Sequence[Mapping[str, float]]) -> RetrievalColumns:
+        """From one {source: normalised score} map per candidate."""
+        f = np.float64
+        return cls(np.fromiter((r.get("covisit", 0.0) for r in retrievals), f, len(retrievals)),
+                   np.fromiter((max(r.get("popular", 0.0), r.get("top_sellers", 0.0))
+                                for r in retrievals), f, len(retrievals)),
+                   np.fromiter((len(r) for r in retrievals), f, len(retrievals)))
+
+
 @dataclass(frozen=True)
 class FeatureBatch:
     """Features of n items for one request: per-item sparse columns, the request's constant
@@ -192,7 +210,7 @@ def assemble_columns(
     *,
     item_ids: Sequence[str],
     items: ItemColumns,
-    retrievals: Sequence[Mapping[str, float]],
+    retrieval: RetrievalColumns,
     user_features: Mapping[str, Any] | None,
     session_affinity: Mapping[str, float],
     last_viewed: frozenset[str] | set[str],
@@ -209,8 +227,8 @@ def assemble_columns(
     constants = {"surface": context.get("surface", ""), "device": context.get("device", ""),
                  "country": str(uf.get("country") or context.get("country", ""))}
     n = len(item_ids)
-    if n != len(items) or n != len(retrievals):
-        raise ValueError(f"{n} item ids, {len(items)} item rows, {len(retrievals)} retrievals")
+    if n != len(items) or n != len(retrieval.covisit):
+        raise ValueError(f"{n} item ids, {len(items)} item rows, {len(retrieval.covisit)} retrievals")
     dense = np.zeros((n, len(DENSE)), dtype=np.float64)
     if n == 0:
         return FeatureBatch([], [], [], constants, dense, items.hashes)
@@ -221,8 +239,8 @@ def assemble_columns(
         vs_user = np.log(price / user_mean) if user_mean > 0 else np.zeros(n)
     dense[:, COL["u_cat_pref"]] = [prefs.get(c, 0.0) for c in cats] if prefs else 0.0
     dense[:, COL["s_cat_aff"]] = [session_affinity.get(c, 0.0) for c in cats] if session_affinity else 0.0
-    dense[:, COL["covisit"]] = [r.get("covisit", 0.0) for r in retrievals]
-    dense[:, COL["popular"]] = [max(r.get("popular", 0.0), r.get("top_sellers", 0.0)) for r in retrievals]
+    dense[:, COL["covisit"]] = retrieval.covisit
+    dense[:, COL["popular"]] = retrieval.popular
     dense[:, COL["log_views"]] = np.where(known, log_views, 0.0)
     dense[:, COL["item_ctr"]] = items.ctr
     dense[:, COL["item_cvr"]] = items.cvr
@@ -230,7 +248,7 @@ def assemble_columns(
     dense[:, COL["price_vs_user"]] = np.where(price > 0, vs_user, 0.0)
     dense[:, COL["log_user_events"]] = math.log1p(sum(int(v) for v in (uf.get("counts") or {}).values()))
     dense[:, COL["in_session"]] = [i in last_viewed for i in item_ids] if last_viewed else 0.0
-    dense[:, COL["n_sources"]] = [len(r) for r in retrievals]
+    dense[:, COL["n_sources"]] = retrieval.n_sources
     return FeatureBatch(item_ids, cats, items.brand, constants, dense, items.hashes)
 
 
@@ -239,7 +257,7 @@ def assemble_batch(
     item_ids: Sequence[str],
     catalogs: Sequence[Mapping[str, Any] | None],
     item_stats: Sequence[Mapping[str, Any] | None],
-    retrievals: Sequence[Mapping[str, float]],
+    retrievals: Sequence[Mapping[str, float]] | RetrievalColumns,
     user_features: Mapping[str, Any] | None,
     session_affinity: Mapping[str, float],
     last_viewed: frozenset[str] | set[str],
@@ -250,7 +268,9 @@ def assemble_batch(
     """``assemble_columns`` from stored catalog rows and stats, as one dict per item (the
     offline training-set builder's entry point)."""
     items = ItemColumns.from_rows([item_row(c, s) for c, s in zip(catalogs, item_stats, strict=True)])
-    return assemble_columns(item_ids=item_ids, items=items, retrievals=retrievals,
+    return assemble_columns(item_ids=item_ids, items=items,
+                            retrieval=retrievals if isinstance(retrievals, RetrievalColumns)
+                            else RetrievalColumns.from_mappings(retrievals),
                             user_features=user_features, session_affinity=session_affinity,
                             last_viewed=last_viewed, context=context, now_ms=now_ms,
                             half_life_s=half_life_s).rows()

@@ -14,8 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from online.features import ItemColumns
-from online.scorer import Ranked
+from online.scorer import Candidates, Ranked
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,13 @@ class Exploration:
     def in_pool(self, sources: Sequence[str], log_views: float) -> bool:
         """New or niche: proposed by a pool source, or barely viewed."""
         return log_views < self.niche_log_views or any(s in self.pool_sources for s in sources)
+
+    def pool_mask(self, cands: Candidates, log_views: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """``in_pool`` of every candidate at once."""
+        mask = log_views < self.niche_log_views
+        for name in self.pool_sources:
+            mask |= cands.score(name) > 0
+        return mask
 
 
 def diversify(order: Sequence[int], k: int, items: ItemColumns, max_per_category: int,

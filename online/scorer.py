@@ -8,21 +8,41 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 
-class Candidate:
-    """A retrieved item, tagged with every source that proposed it (priority order) and each
-    source's normalised score. (A plain slotted class: hundreds are made per request.)"""
+from online.features import RetrievalColumns
 
-    __slots__ = ("item_id", "retrieval", "sources")
 
-    def __init__(self, item_id: str, sources: list[str] | None = None,
-                 retrieval: dict[str, float] | None = None) -> None:
-        self.item_id = item_id
-        self.sources: list[str] = sources if sources is not None else []
-        self.retrieval: dict[str, float] = retrieval if retrieval is not None else {}
+@dataclass(frozen=True)
+class Candidates:
+    """Merged retrieval results, column by column: n item ids and, per source (columns in
+    priority order), each item's normalised score, 0 where that source did not propose it."""
 
-    def __repr__(self) -> str:
-        return f"Candidate({self.item_id!r}, {self.sources!r}, {self.retrieval!r})"
+    item_ids: list[str]
+    sources: tuple[str, ...]
+    scores: npt.NDArray[np.float64]  # [n, len(sources)]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def sources_of(self, j: int) -> tuple[str, ...]:
+        """The sources that proposed item j, in priority order."""
+        return tuple(name for name, sc in zip(self.sources, self.scores[j].tolist(), strict=True) if sc > 0)
+
+    def score(self, name: str) -> npt.NDArray[np.float64]:
+        """One source's scores (zeros if that source had no results)."""
+        return self.scores[:, self.sources.index(name)] if name in self.sources else np.zeros(len(self))
+
+    def take(self, rows: Sequence[int] | npt.NDArray[np.int64]) -> Candidates:
+        rows = np.asarray(rows, dtype=np.int64)
+        return Candidates([self.item_ids[j] for j in rows.tolist()], self.sources, self.scores[rows])
+
+    def retrieval(self) -> RetrievalColumns:
+        """The retrieval features of ``online.features``."""
+        return RetrievalColumns(self.score("covisit"),
+                                np.maximum(self.score("popular"), self.score("top_sellers")),
+                                (self.scores > 0).sum(axis=1).astype(np.float64))
 
 
 @dataclass(slots=True)
@@ -39,41 +59,50 @@ class Ranked:
     propensity: float = 1.0
 
 
-def normalise(scores: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+def normalise(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Map scores of one source to (0, 1] by rank-free min-max (log2 scores are comparable)."""
-    if not scores:
-        return []
-    values = [s for _, s in scores]
-    hi, lo = max(values), min(values)
-    span = hi - lo
+    if not len(scores):
+        return scores
+    lo = scores.min()
+    span = scores.max() - lo
     if span <= 0:
-        return [(i, 1.0) for i, _ in scores]
-    scale = 0.95 / span
-    return [(i, 0.05 + scale * (s - lo)) for i, s in scores]
+        return np.ones_like(scores)
+    return 0.05 + (0.95 / span) * (scores - lo)
 
 
 def merge_candidates(
     sources: Iterable[tuple[str, Sequence[tuple[str, float]]]],
     limit: int,
     exclude: frozenset[str] | set[str] = frozenset(),
-) -> list[Candidate]:
-    """Merge per-source results in source priority order, de-duplicated, capped at ``limit``."""
-    merged: dict[str, Candidate] = {}
+) -> Candidates:
+    """Merge per-source results in source priority order, de-duplicated, capped at ``limit``
+    items (an item already in keeps collecting scores of later sources); each item keeps
+    every source's normalised score (the best if a source lists it twice)."""
+    index: dict[str, int] = {}
+    names: list[str] = []
+    placed: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.float64]]] = []
     for name, rows in sources:
-        for item, score in normalise(rows):
-            cand = merged.get(item)
-            if cand is None:
-                if len(merged) < limit and item not in exclude:
-                    merged[item] = Candidate(item, [name], {name: score})
-                continue
-            retrieval = cand.retrieval
-            prev = retrieval.get(name)
-            if prev is None:
-                cand.sources.append(name)
-                retrieval[name] = score
-            elif score > prev:
-                retrieval[name] = score
-    return list(merged.values())
+        if not rows:
+            continue
+        if name not in names:
+            names.append(name)
+        norm = normalise(np.fromiter((sc for _, sc in rows), dtype=np.float64, count=len(rows)))
+        pos = []
+        get = index.get
+        for item, _ in rows:
+            j = get(item)
+            if j is None:
+                if len(index) >= limit or item in exclude:
+                    pos.append(-1)
+                    continue
+                j = index[item] = len(index)
+            pos.append(j)
+        placed.append((names.index(name), np.asarray(pos, dtype=np.int64), norm))
+    scores = np.zeros((len(index), len(names)))
+    for col, at, norm in placed:
+        ok = at >= 0
+        np.maximum.at(scores[:, col], at[ok], norm[ok])
+    return Candidates(list(index), tuple(names), scores)
 
 
 def combine_related(lists: Sequence[Sequence[tuple[str, float]]], recency_decay: float = 0.7

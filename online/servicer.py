@@ -184,7 +184,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         t = self._check(t0, "retrieval", t)
         if arm == "random":
             with self._rng_lock:
-                self._rng.shuffle(cands)
+                perm = list(range(len(cands)))
+                self._rng.shuffle(perm)
+            cands = cands.take(perm)
         batch, items = self._features(cands, state, req, surface, now_ms)
         t = self._check(t0, "features", t)
         probs = ranker.predict(batch) if cands else None
@@ -205,10 +207,10 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             return [s for s in self.sources if s.name in ("popular", "new_items")]
         return self.sources
 
-    def _features(self, cands: list[S.Candidate], state: UserState,
+    def _features(self, cands: S.Candidates, state: UserState,
                   req: recommend_pb2.RecommendRequest, surface: str, now_ms: int
                   ) -> tuple[FeatureBatch, ItemColumns]:
-        ids = [c.item_id for c in cands]
+        ids = cands.item_ids
         last = state.last_viewed
         # item rows (process memory, refreshed from Redis) for them and the session's items
         cols = self.store.item_columns([*ids, *last])
@@ -216,13 +218,13 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         affinity = S.category_affinity(last, dict(zip(last, cols.category[len(ids):], strict=True)))
         ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
         batch = assemble_columns(
-            item_ids=ids, items=items, retrievals=[c.retrieval for c in cands],
+            item_ids=ids, items=items, retrieval=cands.retrieval(),
             user_features=state.features, session_affinity=affinity,
             last_viewed=frozenset(last), context=ctx, now_ms=now_ms,
             half_life_s=self.s.popularity_half_life_s)
         return batch, items
 
-    def _rerank(self, cands: list[S.Candidate], batch: FeatureBatch, items: ItemColumns,
+    def _rerank(self, cands: S.Candidates, batch: FeatureBatch, items: ItemColumns,
                 probs: Any, arm: str, k: int) -> list[S.Ranked]:
         """Value, order (by arm), diversity caps, exploration. ``Ranked`` (with its feature dict)
         is built only for the items that may be served."""
@@ -242,19 +244,18 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
 
         def ranked(j: int) -> S.Ranked:
             p = probs[j]
-            return S.Ranked(cands[j].item_id, float(values[j]), float(p[0]), float(p[1]), float(p[2]),
-                            tuple(cands[j].sources), batch.row(j))
+            return S.Ranked(cands.item_ids[j], float(values[j]), float(p[0]), float(p[1]), float(p[2]),
+                            cands.sources_of(j), batch.row(j))
 
         picked = diversify(order_l, k, items, self.s.max_per_category, self.s.max_per_brand)
         out = [ranked(j) for j in picked]
         if arm in ("model", "heuristic"):
             chosen = set(picked)
-            log_views, active = batch.dense[:, COL["log_views"]].tolist(), items.active.tolist()
             policy = self.exploration
 
             def pool() -> list[int]:
-                return [j for j in order_l if j not in chosen and active[j]
-                        and policy.in_pool(cands[j].sources, log_views[j])]
+                ok = (items.active & policy.pool_mask(cands, batch.dense[:, COL["log_views"]])).tolist()
+                return [j for j in order_l if ok[j] and j not in chosen]
             with self._rng_lock:
                 out = explore(out, pool, policy, self._rng, make=ranked)
         return out

@@ -16,6 +16,7 @@ from online.features import (
     DENSE,
     CatalogPart,
     ItemColumns,
+    RetrievalColumns,
     StatsPart,
     assemble_batch,
     assemble_columns,
@@ -27,6 +28,8 @@ from online.features import (
 from online.item_feed import ItemChangeFollower
 from online.item_table import ItemTable
 from online.ranking import HeuristicRanker
+from online.rerank import Exploration
+from online.scorer import merge_candidates
 from online.store import RedisStore
 from proto import codecs
 from proto.keys import Keys
@@ -79,11 +82,19 @@ def test_columns_follow_the_feature_definitions():
         assert list(f) == ["item_id", "category", "brand", "surface", "device", "country", *DENSE]
 
 
+def _columns_kw(kw: dict) -> dict:
+    """The dict path's keyword arguments for ``assemble_columns`` (retrieval as columns)."""
+    out = {k: v for k, v in kw.items() if k != "retrievals"}
+    return {**out, "retrieval": RetrievalColumns.from_mappings(kw["retrievals"])}
+
+
 def test_encode_batch_and_heuristic_match_the_dict_path():
-    catalogs, stats, kw = _batch()
+    catalogs, stats, kw0 = _batch()
+    kw = _columns_kw(kw0)
     rows_in = [item_row(c, s) for c, s in zip(catalogs, stats, strict=True)]
     batch = assemble_columns(items=ItemColumns.from_rows(rows_in), **kw)
     rows = batch.rows()
+    assert rows == assemble_batch(catalogs=catalogs, item_stats=stats, **kw0)
     sp_b, dn_b = FeatureHasher().encode_batch(batch)
     sp_d, dn_d = FeatureHasher().encode(rows)
     np.testing.assert_array_equal(sp_b, sp_d)
@@ -96,7 +107,8 @@ def test_encode_batch_and_heuristic_match_the_dict_path():
     sp_t, dn_t = FeatureHasher().encode_batch(held)
     np.testing.assert_array_equal(sp_t, sp_d)
     np.testing.assert_array_equal(dn_t, dn_d)
-    empty = assemble_columns(**{**kw, "item_ids": [], "retrievals": []}, items=ItemColumns.from_rows([]))
+    empty = assemble_columns(**_columns_kw({**kw0, "item_ids": [], "retrievals": []}),
+                             items=ItemColumns.from_rows([]))
     assert len(empty) == 0 and HeuristicRanker().predict(empty).shape == (0, 3)
 
 
@@ -206,3 +218,26 @@ def test_preload_reads_the_most_viewed_items_first(settings, redis_client):
     store._read = lambda c, s, now: reads.append((c, s)) or real(c, s, now)  # type: ignore[method-assign]
     assert list(store.item_columns(["p4", "p2"]).category) == ["c4", "c2"] and not reads
     assert list(store.item_columns(["p0"]).category) == ["c0"] and reads == [(["p0"], ["p0"])]
+
+
+def test_merge_keeps_every_source_score_in_priority_order():
+    cands = merge_candidates([
+        ("covisit", [("a", 4.0), ("b", 2.0), ("x", 9.0)]),
+        ("ann", [("b", 0.9), ("c", 0.5), ("b", 0.95)]),  # listed twice: the better score counts
+        ("popular", [("d", 1.0), ("a", 1.0)]),
+        ("empty", []),
+    ], limit=3, exclude={"x"})
+    assert cands.item_ids == ["a", "b", "c"]  # x excluded; d over the limit
+    assert cands.sources == ("covisit", "ann", "popular")
+    assert cands.sources_of(0) == ("covisit", "popular") and cands.sources_of(2) == ("ann",)
+    # min-max into (0, 1] over the source's whole list (the excluded x included)
+    np.testing.assert_allclose(cands.score("covisit"), [0.05 + 0.95 * 2 / 7, 0.05, 0.0])
+    np.testing.assert_allclose(cands.score("ann"), [0.0, 1.0, 0.05])
+    r = cands.retrieval()
+    np.testing.assert_allclose(r.popular, [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(r.n_sources, [2, 2, 1])
+    assert cands.take([2, 0]).item_ids == ["c", "a"]
+    policy = Exploration(pool_sources=("ann",), niche_log_views=1.0)
+    views = np.array([5.0, 5.0, 0.5])
+    assert policy.pool_mask(cands, views).tolist() == [
+        policy.in_pool(cands.sources_of(j), views[j]) for j in range(3)] == [False, True, True]
