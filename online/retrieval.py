@@ -69,15 +69,11 @@ class SessionAnnSource:
         idx = self.index()
         if idx is None or not q.state.last_viewed or not len(idx):
             return []
-        vecs, weights = [], []
-        for rank, item in enumerate(q.state.last_viewed):
-            v = idx.get_vector(item)
-            if v is not None:
-                vecs.append(v)
-                weights.append(0.7**rank)
-        if not vecs:
+        found, vecs = idx.get_vectors(q.state.last_viewed)
+        if not found:
             return []
-        pooled = np.average(np.stack(vecs), axis=0, weights=weights)
+        weights = [0.7**rank for rank in found]
+        pooled = np.average(vecs, axis=0, weights=weights)
         if not np.any(pooled):
             return []
         return list(idx.query(pooled, self.quota, exclude=set(q.state.last_viewed)))

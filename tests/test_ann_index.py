@@ -52,6 +52,16 @@ def test_update_replaces_vector_in_place() -> None:
     assert ids[7] not in {item for item, _ in idx.query(x[7], 20)}
 
 
+def test_get_vectors_returns_the_held_ones_with_their_positions() -> None:
+    ids, x = _data(20)
+    idx = AnnIndex(DIM)
+    idx.upsert(ids, x)
+    found, vecs = idx.get_vectors(["nope", ids[3], ids[9], "gone"])
+    assert found == [1, 2]
+    np.testing.assert_allclose(vecs, normalise(x[[3, 9]], DIM), atol=1e-6)
+    assert idx.get_vectors(["nope"])[0] == [] and idx.get_vectors([])[1].shape == (0, DIM)
+
+
 def test_duplicate_ids_in_one_call_last_wins() -> None:
     _, x = _data(3)
     idx = AnnIndex(DIM)

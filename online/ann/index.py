@@ -188,6 +188,15 @@ class AnnIndex:
         with self._lock.read():
             return list(self._label_of)
 
+    def get_vectors(self, item_ids: Sequence[str]) -> tuple[list[int], npt.NDArray[np.float32]]:
+        """(positions in ``item_ids`` of the items held, their vectors [m, dim]) in one call."""
+        with self._lock.read():
+            found = [(j, lb) for j, i in enumerate(item_ids) if (lb := self._label_of.get(i)) is not None]
+            if not found:
+                return [], np.zeros((0, self.dim), dtype=np.float32)
+            vecs = np.asarray(self._index.get_items([lb for _, lb in found]), dtype=np.float32)
+        return [j for j, _ in found], vecs
+
     def get_vector(self, item_id: str) -> npt.NDArray[np.float32] | None:
         """The stored (normalised) vector of an item, or None if absent."""
         with self._lock.read():
@@ -281,8 +290,9 @@ class AnnIndex:
             want = min(k + len(skip), len(self._label_of))
             labels, dists = self._search(q, want)
             id_of = self._id_of
-            hits = [(id_of[lb], 1.0 - d) for lb, d in zip(labels.tolist(), dists.tolist(), strict=True)]
-        return [(item, score) for item, score in hits if item not in skip][:k]
+            hits = [(item, 1.0 - d) for lb, d in zip(labels.tolist(), dists.tolist(), strict=True)
+                    if (item := id_of[lb]) not in skip]
+        return hits[:k]
 
     def _search(
         self, q: npt.NDArray[np.float32], want: int
