@@ -16,7 +16,6 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -33,16 +32,13 @@ COLUMNS: dict[str, type | str] = {
 }
 
 
-@dataclass
-class _Parts:
-    cat: CatalogPart | None
-    stats: StatsPart | None
-
-
 class ItemTable:
     def __init__(self, capacity: int = 4096) -> None:
         self.index: dict[str, int] = {}
-        self._parts: list[_Parts] = []
+        # per row, the parts the combined columns came from, as plain tuples (None: no such
+        # key): exact tuples of atomic values, which the garbage collector stops tracking
+        self._cat: list[tuple[object, ...] | None] = []
+        self._stats: list[tuple[object, ...] | None] = []
         self.cols: dict[str, np.ndarray] = {n: _empty(n, capacity) for n in COLUMNS}
         self._lock = threading.Lock()
         self._memo: dict[tuple[str, str], int] = {}  # (field, value) -> hash: categories repeat
@@ -72,12 +68,13 @@ class ItemTable:
             assigned: dict[str, int] = {}
             for item in ids:
                 if item not in self.index and item not in assigned:
-                    assigned[item] = len(self._parts) + len(assigned)
-            self._grow(len(self._parts) + len(assigned))
+                    assigned[item] = len(self._cat) + len(assigned)
+            self._grow(len(self._cat) + len(assigned))
             cols = self.cols
             if assigned:
                 new = np.fromiter(assigned.values(), dtype=np.int64, count=len(assigned))
-                self._parts.extend(_Parts(None, None) for _ in assigned)
+                self._cat.extend(None for _ in assigned)
+                self._stats.extend(None for _ in assigned)
                 for name in ("cat_t", "stats_t", "inval_t"):
                     cols[name][new] = -math.inf
                 cols["h_item_id"][new] = [hash_token("item_id", i) for i in assigned]
@@ -86,13 +83,15 @@ class ItemTable:
             # invalidated after this read began: what was read may predate the change
             read_t = np.where(cols["inval_t"][r_arr] < now, now, -math.inf)
             combined = []
+            held_cat, held_stats = self._cat, self._stats
             for r, cat, st in zip(rows, cats, stats, strict=True):
-                parts = self._parts[r]
                 if cat is not False:
-                    parts.cat = cat if isinstance(cat, CatalogPart) else None
+                    held_cat[r] = tuple(cat) if isinstance(cat, CatalogPart) else None
                 if st is not False:
-                    parts.stats = st if isinstance(st, StatsPart) else None
-                combined.append(combine(parts.cat, parts.stats))
+                    held_stats[r] = tuple(st) if isinstance(st, StatsPart) else None
+                c, x = held_cat[r], held_stats[r]
+                combined.append(combine(None if c is None else CatalogPart._make(c),
+                                        None if x is None else StatsPart._make(x)))
             cat_read = np.fromiter((c is not False for c in cats), dtype=bool, count=len(rows))
             st_read = np.fromiter((x is not False for x in stats), dtype=bool, count=len(rows))
             cols["cat_t"][r_arr[cat_read]] = read_t[cat_read]

@@ -122,6 +122,7 @@ def _preload_items(store: StateStore, n: int) -> None:
             log.info("item rows: %d most viewed items preloaded in %.1f s", loaded, time.perf_counter() - t0)
         except redis.RedisError as exc:
             log.warning("item preload stopped (rows load on demand): %s", exc)
+        gc.freeze()  # what the warm-up built lives on: keep full collections from walking it
         metrics.ITEM_PRELOAD.set(1)
     threading.Thread(target=run, name="item-preload", daemon=True).start()
 
