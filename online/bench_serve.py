@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--echo-rates", default="500,1000,1500,2000,2500,3000,4000")
     p.add_argument("--step-s", type=float, default=8.0, help="seconds per rate")
     p.add_argument("--slo-ms", type=float, default=50.0, help="p99 bound for a rate to count")
-    p.add_argument("--workers", type=int, default=1, help="scorer processes (SO_REUSEPORT)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="scorer processes on one port (SO_REUSEPORT); default one per core")
     p.add_argument("--no-ann", action="store_true", help="skip vectors / the HNSW source")
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--seed", type=int, default=3)
