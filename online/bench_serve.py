@@ -7,7 +7,8 @@
    else an untrained MMoE: latency is what is measured);
 2. starts `recsys serve` and, separately, the echo server; drives open-loop load at rising
    rates against each (``sim.loadtest``) and finds the highest rate with p99 <= ``--slo-ms``
-   and no errors; measures p50/p99 at half of Recommend's max; reads per-stage p99s from
+   and no errors (a step that misses is re-run ``--retries`` times: transient VM stalls);
+   measures p50/p99 at half of Recommend's max; reads per-stage p99s from
    the scorer's metrics. Load starts once every worker has preloaded its item rows
    (``item_preload``); with several workers the load uses 32 connections per worker, so
    SO_REUSEPORT's per-connection hash spreads it evenly.
@@ -48,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--echo-rates", default="500,1000,1500,2000,2500,3000,4000")
     p.add_argument("--step-s", type=float, default=8.0, help="seconds per rate")
     p.add_argument("--slo-ms", type=float, default=50.0, help="p99 bound for a rate to count")
+    p.add_argument("--retries", type=int, default=1, help="re-runs of a step that misses the SLO")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="scorer processes on one port (SO_REUSEPORT); default one per core")
     p.add_argument("--no-ann", action="store_true", help="skip vectors / the HNSW source")
@@ -56,17 +58,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def max_rate(address: str, target: str, rates: list[float], step_s: float, slo_ms: float,
-             make_request: Any, channels: int = 4) -> tuple[float, list[dict[str, Any]]]:
+             make_request: Any, channels: int = 4, retries: int = 1) -> tuple[float, list[dict[str, Any]]]:
+    """The highest of ``rates`` (rising) that meets the SLO; a step that misses it is run
+    again up to ``retries`` times (a shared VM has transient stalls) and every try is kept."""
     best, runs = 0.0, []
     for rps in rates:
-        res: LoadResult = run_open_loop(target, address, rps, step_s, make_request, channels=channels)
-        rep = res.report()
-        ok = rep["errors"] == 0 and rep["p99_ms"] <= slo_ms and rep["achieved_rps"] >= 0.95 * rps
-        runs.append({"rps": rps, "ok": ok, **{k: rep[k] for k in ("achieved_rps", "p50_ms", "p99_ms",
-                                                                "errors", "degraded_rate")}})
-        print(f"  {target:9s} {rps:6.0f} rps: achieved {rep['achieved_rps']:7.1f}, "
-              f"p50 {rep['p50_ms']:6.1f} ms, p99 {rep['p99_ms']:7.1f} ms, errors {rep['errors']}, "
-              f"degraded {rep['degraded_rate']:.3f} {'ok' if ok else 'OVER'}", flush=True)
+        for attempt in range(retries + 1):
+            res: LoadResult = run_open_loop(target, address, rps, step_s, make_request, channels=channels)
+            rep = res.report()
+            ok = rep["errors"] == 0 and rep["p99_ms"] <= slo_ms and rep["achieved_rps"] >= 0.95 * rps
+            keep = ("achieved_rps", "p50_ms", "p99_ms", "errors", "degraded_rate")
+            runs.append({"rps": rps, "ok": ok, "attempt": attempt + 1, **{k: rep[k] for k in keep}})
+            print(f"  {target:9s} {rps:6.0f} rps: achieved {rep['achieved_rps']:7.1f}, "
+                  f"p50 {rep['p50_ms']:6.1f} ms, p99 {rep['p99_ms']:7.1f} ms, errors {rep['errors']}, "
+                  f"degraded {rep['degraded_rate']:.3f} {'ok' if ok else 'OVER'}", flush=True)
+            if ok:
+                break
         if not ok:
             break
         best = rps
@@ -119,7 +126,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         channels = 4 if args.workers == 1 else 32 * args.workers
         run_open_loop("recommend", address, 20, 5, make, channels=channels)  # warm up
         rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
-                                     args.slo_ms, make, channels)
+                                     args.slo_ms, make, channels, args.retries)
         half = max(rec_max / 2, 10.0)
         before = sv.scrape(s.serve_metrics_port)  # stage percentiles: the half-load run only
         rep = run_open_loop("recommend", address, half, args.step_s * 2, make, channels=channels).report()
@@ -129,7 +136,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         proc.wait(30)
     with EchoProcess() as echo:
         echo_max, echo_runs = max_rate(echo.address, "echo", _rates(args.echo_rates), args.step_s,
-                                       args.slo_ms, None)
+                                       args.slo_ms, None, retries=args.retries)
     report = {
         "items": args.items, "candidates": args.candidates, "echo_max_rps": echo_max,
         "recommend_max_rps": rec_max, "ratio": round(rec_max / echo_max, 4) if echo_max else None,
