@@ -49,15 +49,6 @@ class FeatureHasher:
         self._memo: list[dict[str, int]] = [{} for _ in self.sparse]
         self._dense_cols: list[int] | None = None
 
-    def _hash(self, j: int, value: str) -> int:
-        memo = self._memo[j]
-        h = memo.get(value)
-        if h is None:
-            h = hash_token(self.sparse[j], value)
-            if len(memo) < self.max_cache:
-                memo[value] = h
-        return h
-
     def _column(self, j: int, values: Sequence[str]) -> list[int]:
         memo, name = self._memo[j], self.sparse[j]
         col = []
@@ -94,7 +85,7 @@ class FeatureHasher:
                 sp[:, j] = pre[name]
                 continue
             values = batch.sparse(name)
-            sp[:, j] = self._hash(j, values) if isinstance(values, str) else self._column(j, values)
+            sp[:, j] = self._column(j, [values] if isinstance(values, str) else values)
         if self._dense_cols is None:
             self._dense_cols = [DENSE.index(name) for name in self.dense]
         dense = batch.dense[:, self._dense_cols].astype(np.float32)
