@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from online.features import PER_ITEM_SPARSE, CatalogPart, ItemColumns, ItemRow, StatsPart, combine, hash_token
+from online.id_index import IdIndex
 
 # column name -> dtype; "category" / "brand" are Python strings (object arrays)
 COLUMNS: dict[str, type | str] = {
@@ -34,7 +35,7 @@ COLUMNS: dict[str, type | str] = {
 
 class ItemTable:
     def __init__(self, capacity: int = 4096) -> None:
-        self.index: dict[str, int] = {}
+        self.index = IdIndex(capacity)
         # per row, the parts the combined columns came from, as plain tuples (None: no such
         # key): exact tuples of atomic values, which the garbage collector stops tracking
         self._cat: list[tuple[object, ...] | None] = []
@@ -48,8 +49,7 @@ class ItemTable:
 
     def rows_of(self, ids: Sequence[str]) -> npt.NDArray[np.int64]:
         """Row number per id, -1 for ids never put."""
-        get = self.index.get
-        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        return self.index.rows(ids)
 
     def stale(self, rows: npt.NDArray[np.int64], now: float, cat_ttl_s: float, stats_ttl_s: float
               ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
@@ -65,21 +65,23 @@ class ItemTable:
         """Write freshly read parts (None: the key does not exist; ``False``: not re-read, keep
         the part held). Column writes are batched: a bulk load costs a few µs per item."""
         with self._lock:
-            assigned: dict[str, int] = {}
-            for item in ids:
-                if item not in self.index and item not in assigned:
-                    assigned[item] = len(self._cat) + len(assigned)
-            self._grow(len(self._cat) + len(assigned))
+            r_arr = self.index.rows(ids)
+            unknown = r_arr < 0
+            missing = [ids[j] for j in np.flatnonzero(unknown).tolist()]
+            added = list(dict.fromkeys(missing))
+            first = len(self.index)  # the rows ``index.add`` will give them
+            self._grow(first + len(added))
             cols = self.cols
-            if assigned:
-                new = np.fromiter(assigned.values(), dtype=np.int64, count=len(assigned))
-                self._cat.extend(None for _ in assigned)
-                self._stats.extend(None for _ in assigned)
+            if added:
+                assigned = dict(zip(added, range(first, first + len(added)), strict=True))
+                r_arr[unknown] = [assigned[i] for i in missing]
+                new = np.arange(first, first + len(added))
+                self._cat.extend(None for _ in added)
+                self._stats.extend(None for _ in added)
                 for name in ("cat_t", "stats_t", "inval_t"):
                     cols[name][new] = -math.inf
-                cols["h_item_id"][new] = [hash_token("item_id", i) for i in assigned]
-            rows = [assigned[i] if i in assigned else self.index[i] for i in ids]
-            r_arr = np.asarray(rows, dtype=np.int64)
+                cols["h_item_id"][new] = [hash_token("item_id", i) for i in added]
+            rows: list[int] = r_arr.tolist()
             # invalidated after this read began: what was read may predate the change
             read_t = np.where(cols["inval_t"][r_arr] < now, now, -math.inf)
             combined = []
@@ -101,7 +103,7 @@ class ItemTable:
                     cols[name][r_arr] = values
                 cols["h_category"][r_arr] = [self._hash("category", c) for c in cols["category"][r_arr]]
                 cols["h_brand"][r_arr] = [self._hash("brand", b) for b in cols["brand"][r_arr]]
-            self.index.update(assigned)  # published last: the rows are written
+            self.index.add(added)  # published last: the rows are written
 
     def _hash(self, field: str, value: str) -> int:
         key = (field, value)
@@ -117,8 +119,11 @@ class ItemTable:
         also if a read that began before ``now`` (default: the monotonic clock) puts them
         afterwards. Returns how many held rows that was."""
         now = time.monotonic() if now is None else now
-        rows = (np.arange(len(self)) if ids is None else
-                np.fromiter((r for r in map(self.index.get, ids) if r is not None), dtype=np.int64))
+        if ids is None:
+            rows = np.arange(len(self))
+        else:
+            rows = self.index.rows(ids)
+            rows = rows[rows >= 0]
         cols = self.cols
         cols["inval_t"][rows] = now
         cols["cat_t"][rows] = -math.inf

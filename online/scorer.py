@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice, repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -78,31 +79,30 @@ def merge_candidates(
     """Merge per-source results in source priority order, de-duplicated, capped at ``limit``
     items (an item already in keeps collecting scores of later sources); each item keeps
     every source's normalised score (the best if a source lists it twice)."""
-    index: dict[str, int] = {}
     names: list[str] = []
-    placed: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.float64]]] = []
+    ids: list[str] = []
+    cols: list[int] = []
+    norms = []
     for name, rows in sources:
         if not rows:
             continue
         if name not in names:
             names.append(name)
-        norm = normalise(np.fromiter((sc for _, sc in rows), dtype=np.float64, count=len(rows)))
-        pos = []
-        get = index.get
-        for item, _ in rows:
-            j = get(item)
-            if j is None:
-                if len(index) >= limit or item in exclude:
-                    pos.append(-1)
-                    continue
-                j = index[item] = len(index)
-            pos.append(j)
-        placed.append((names.index(name), np.asarray(pos, dtype=np.int64), norm))
-    scores = np.zeros((len(index), len(names)))
-    for col, at, norm in placed:
-        ok = at >= 0
-        np.maximum.at(scores[:, col], at[ok], norm[ok])
-    return Candidates(list(index), tuple(names), scores)
+        got, scores = zip(*rows, strict=True)
+        ids += got
+        cols += [names.index(name)] * len(got)
+        norms.append(normalise(np.asarray(scores, dtype=np.float64)))
+    first = dict.fromkeys(ids)  # first appearance order = priority order
+    for item in first.keys() & exclude if exclude else ():
+        del first[item]
+    kept = list(islice(first, limit))
+    pos = dict(zip(kept, range(len(kept)), strict=True))
+    at = np.fromiter(map(pos.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+    ok = at >= 0
+    matrix = np.zeros((len(kept), len(names)))
+    if len(ids):
+        np.maximum.at(matrix, (at[ok], np.asarray(cols, dtype=np.int64)[ok]), np.concatenate(norms)[ok])
+    return Candidates(kept, tuple(names), matrix)
 
 
 def combine_related(lists: Sequence[Sequence[tuple[str, float]]], recency_decay: float = 0.7

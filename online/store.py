@@ -220,7 +220,8 @@ class RedisStore:
                 break
             ids = [m.decode() for m in self.client.zrevrange(self.keys.popular(), start,
                                                                min(n, start + batch) - 1)]
-            todo = [i for i in ids if i not in self.table.index]
+            held = self.table.rows_of(ids) >= 0
+            todo = [i for i, h in zip(ids, held.tolist(), strict=True) if not h]
             if todo:
                 self._read(todo, todo, time.monotonic())
             loaded += len(todo)

@@ -154,7 +154,7 @@ class AnnIndex:
         self._index.set_ef(ef)
         self._lock = RWLock()
         self._label_of: dict[str, int] = {}
-        self._id_of: dict[int, str] = {}
+        self._id_of: list[str | None] = []  # label -> id (labels are never reused; None: deleted)
         self._next_label = 0
         self.last_seq: str | None = None  # last changelog entry applied (set by the follower)
         self.newest_update_ms: int | None = None  # newest update time applied
@@ -243,7 +243,7 @@ class AnnIndex:
         self._index.add_items(vecs[new], labels, num_threads=threads, replace_deleted=True)
         for i, label in zip(new, labels.tolist(), strict=True):
             self._label_of[ids[i]] = label
-            self._id_of[label] = ids[i]
+        self._id_of.extend(ids[i] for i in new)
         self._next_label += len(new)
 
     def _ensure_capacity(self, n_new: int) -> None:
@@ -264,7 +264,7 @@ class AnnIndex:
                     label = self._label_of.pop(item, None)
                     if label is None:
                         continue
-                    del self._id_of[label]
+                    self._id_of[label] = None
                     self._index.mark_deleted(label)
                     removed += 1
         return removed
@@ -291,7 +291,7 @@ class AnnIndex:
             labels, dists = self._search(q, want)
             id_of = self._id_of
             hits = [(item, 1.0 - d) for lb, d in zip(labels.tolist(), dists.tolist(), strict=True)
-                    if (item := id_of[lb]) not in skip]
+                    if (item := id_of[lb]) is not None and item not in skip]
         return hits[:k]
 
     def _search(
@@ -359,8 +359,10 @@ class AnnIndex:
             growth=float(meta["growth"]), num_threads=num_threads, _index=raw,
         )
         idx._label_of = dict(zip(meta["ids"], meta["labels"], strict=True))
-        idx._id_of = {label: item for item, label in idx._label_of.items()}
         idx._next_label = int(meta["next_label"])
+        idx._id_of = [None] * idx._next_label
+        for item, label in idx._label_of.items():
+            idx._id_of[label] = item
         idx.last_seq = meta["last_seq"]
         idx.newest_update_ms = meta["newest_update_ms"]
         if idx.deleted_slots < 0:
