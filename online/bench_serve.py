@@ -123,7 +123,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         print(f"scorer ready (item rows preloaded) after {time.perf_counter() - t_ready:.0f}s", flush=True)
         make = recommend_requests(users=args.users, k=args.k, seed=args.seed)
         # connections spread over the workers by SO_REUSEPORT's hash: many, for an even split
-        channels = 4 if args.workers == 1 else 32 * args.workers
+        channels = 4 if args.workers == 1 else 128 * args.workers
         run_open_loop("recommend", address, 20, 5, make, channels=channels)  # warm up
         rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
                                      args.slo_ms, make, channels, args.retries)

@@ -125,16 +125,29 @@ class RedisStore:
         self.catalog_ttl_s, self.item_stats_ttl_s, self.max_items = catalog_ttl_s, item_stats_ttl_s, max_items
         self.table = ItemTable()
         self._lists: TtlCache[Rows] = TtlCache(list_ttl_s, 200_000)
+        self._local = threading.local()  # .conn: this thread's connection for ``_roundtrip``
+
+    def _roundtrip(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` in one write and read their raw replies: a pipeline without
+        redis-py's per-call machinery (retry wrapper, pool checkout, reply callbacks, reset),
+        which costs more CPU than Redis spends answering. Each thread keeps one connection.
+        Any error drops the connection (no half-read reply is left for the next request)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.client.connection_pool.make_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            return [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()
+            raise
 
     # --- per user (never cached) ---------------------------------------------------------
     def user_state(self, user_id: str) -> UserState:
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(k.session(user_id))
-        pipe.get(k.user_features(user_id))
-        pipe.smembers(k.user_purchased(user_id))
-        pipe.get(k.result_cache(user_id))
-        session, feats, bought, cached = pipe.execute()
+        session, feats, bought, cached = self._roundtrip(
+            ("GET", k.session(user_id)), ("GET", k.user_features(user_id)),
+            ("SMEMBERS", k.user_purchased(user_id)), ("GET", k.result_cache(user_id)))
         return UserState(
             session=_decode(session), features=_decode(feats),
             purchased=frozenset(b.decode() for b in bought or ()), cached=_decode(cached),
@@ -150,10 +163,8 @@ class RedisStore:
         out: list[Rows | None] = [self._lists.get((key, n), now) for key in keys]
         missing = [j for j, rows in enumerate(out) if rows is None]
         if missing:
-            pipe = self.client.pipeline(transaction=False)
-            for j in missing:  # raw: redis-py's per-score conversion costs more than the read
-                pipe.execute_command("ZREVRANGE", keys[j], 0, n - 1, "WITHSCORES")
-            for j, raw in zip(missing, pipe.execute(), strict=True):
+            replies = self._roundtrip(*(("ZREVRANGE", keys[j], 0, n - 1, "WITHSCORES") for j in missing))
+            for j, raw in zip(missing, replies, strict=True):
                 out[j] = rows = _score_pairs(raw)
                 self._lists.put((keys[j], n), rows, now)
         return [rows or [] for rows in out]
@@ -194,12 +205,12 @@ class RedisStore:
 
     def _read(self, cat_ids: list[str], stats_ids: list[str], now: float) -> None:
         """Read these items' catalog rows / stats (one round trip) into the item table."""
-        pipe = self.client.pipeline(transaction=False)
+        commands = []
         if cat_ids:
-            pipe.mget([self.keys.item_catalog(i) for i in cat_ids])
+            commands.append(("MGET", *(self.keys.item_catalog(i) for i in cat_ids)))
         if stats_ids:
-            pipe.mget([self.keys.item_features(i) for i in stats_ids])
-        res = iter(pipe.execute())
+            commands.append(("MGET", *(self.keys.item_features(i) for i in stats_ids)))
+        res = iter(self._roundtrip(*commands))
         cats: dict[str, Any] = dict(zip(cat_ids, (catalog_part(_decode(r)) for r in next(res)),
                                         strict=True)) if cat_ids else {}
         stats: dict[str, Any] = dict(zip(stats_ids, (stats_part(_decode(r)) for r in next(res)),

@@ -8,8 +8,11 @@ it would have felt it, instead of being silently skipped ("coordinated omission"
 generator's own lateness (actual minus scheduled send time) is reported separately as
 ``send_lag_*``: when it is large, the client, not the server, was the bottleneck.
 
-Built on ``grpc.aio``: one event loop, ``channels`` independent HTTP/2 connections
-(round robin, so SO_REUSEPORT server processes all get traffic).
+Built on ``grpc.aio``: one event loop, ``channels`` independent HTTP/2 connections. Calls go round
+robin, but past a channel that has calls in flight to the one with the fewest: the kernel spreads
+SO_REUSEPORT connections over the server processes at random, unevenly, and a process that falls
+behind holds more calls, so it gets fewer new ones (the "least request" policy of Envoy and of
+gRPC's own client-side balancing).
 
 Reusable: ``run_open_loop(target, address, rps, duration_s, make_request) -> LoadResult``;
 ``LoadResult.report()`` gives the JSON report (``target_rps, achieved_rps, p50_ms, p90_ms,
@@ -258,6 +261,7 @@ async def _schedule(
     interval = 1.0 / rps
     clock = time.monotonic
     inflight: set[asyncio.Task[None]] = set()
+    busy = [0] * len(calls)  # calls in flight per channel
     is_degraded = spec.is_degraded
     t0 = clock() + 0.02
     window_end = t0 + duration_s
@@ -266,14 +270,19 @@ async def _schedule(
         code = "OK"
         sent = clock()
         res.send_lag.record(max(0.0, sent - scheduled) * 1e6)
+        c = i % len(busy)  # round robin, unless that channel is busy: then the least busy
+        if busy[c]:
+            c = min(range(len(busy)), key=busy.__getitem__)
+        busy[c] += 1
         try:
-            resp = await calls[i % len(calls)](make_request(i), timeout=timeout_s)
+            resp = await calls[c](make_request(i), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
         except asyncio.CancelledError:
             code = "CANCELLED_AT_END"
         except Exception as exc:  # noqa: BLE001 - a bad request factory must not vanish
             code = f"CLIENT_{type(exc).__name__}"
+        busy[c] -= 1
         done = clock()
         lat_us = (done - scheduled) * 1e6
         res.latency.record(lat_us)

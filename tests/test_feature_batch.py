@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -174,6 +175,23 @@ def test_shared_lists_are_cached_for_their_ttl(settings, redis_client):
     assert store.popular(5)[0][0] == "p1"
     time.sleep(0.35)
     assert store.popular(5)[0] == ("p3", 3.0)
+
+
+def test_a_dropped_redis_connection_fails_one_read_then_reconnects(settings, redis_client):
+    """The store keeps one raw connection per thread: when Redis drops it, that read fails
+    (the request degrades) and the next one reconnects, with no half-read reply left over."""
+    k = Keys(settings.redis_prefix)
+    redis_client.set(k.session("u1"), codecs.encode({"items": ["a", "b"], "ver": 3}))
+    redis_client.sadd(k.user_purchased("u1"), "z")
+    store = RedisStore(settings.redis_url, k, list_ttl_s=0.0)
+    assert store.user_state("u1").last_viewed == ["a", "b"]
+    redis_client.client_kill_filter(_type="normal", skipme=True)
+    with contextlib.suppress(redis.ConnectionError):  # the killed connection: this one degrades
+        store.user_state("u1")
+    for _ in range(3):
+        state = store.user_state("u1")
+        assert state.last_viewed == ["a", "b"] and state.purchased == {"z"}
+        assert state.session_version == 3 and store.popular(3) == []
 
 
 def test_item_changelog_keeps_rows_fresh_without_ttl(settings, redis_client):
