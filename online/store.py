@@ -127,17 +127,20 @@ class RedisStore:
         self._lists: TtlCache[Rows] = TtlCache(list_ttl_s, 200_000)
         self._local = threading.local()  # .conn: this thread's connection for ``_roundtrip``
 
-    def _roundtrip(self, *commands: tuple[Any, ...]) -> list[Any]:
+    def _roundtrip(self, *commands: tuple[Any, ...], timeout_s: float | None = None) -> list[Any]:
         """Send ``commands`` in one write and read their raw replies: a pipeline without
         redis-py's per-call machinery (retry wrapper, pool checkout, reply callbacks, reset),
         which costs more CPU than Redis spends answering. Each thread keeps one connection.
-        Any error drops the connection (no half-read reply is left for the next request)."""
+        Any error drops the connection (no half-read reply is left for the next request).
+        ``timeout_s`` replaces the request-path socket timeout for these replies (warm-up)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self.client.connection_pool.make_connection()
         try:
             conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            return [conn.read_response() for _ in commands]
+            if timeout_s is None:
+                return [conn.read_response() for _ in commands]
+            return [conn.read_response(timeout=timeout_s) for _ in commands]
         except BaseException:
             conn.disconnect()
             raise
@@ -203,14 +206,15 @@ class RedisStore:
         self._read(list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_cat))),
                    list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_stats))), now)
 
-    def _read(self, cat_ids: list[str], stats_ids: list[str], now: float) -> None:
+    def _read(self, cat_ids: list[str], stats_ids: list[str], now: float,
+              timeout_s: float | None = None) -> None:
         """Read these items' catalog rows / stats (one round trip) into the item table."""
         commands = []
         if cat_ids:
             commands.append(("MGET", *(self.keys.item_catalog(i) for i in cat_ids)))
         if stats_ids:
             commands.append(("MGET", *(self.keys.item_features(i) for i in stats_ids)))
-        res = iter(self._roundtrip(*commands))
+        res = iter(self._roundtrip(*commands, timeout_s=timeout_s))
         cats: dict[str, Any] = dict(zip(cat_ids, (catalog_part(_decode(r)) for r in next(res)),
                                         strict=True)) if cat_ids else {}
         stats: dict[str, Any] = dict(zip(stats_ids, (stats_part(_decode(r)) for r in next(res)),
@@ -221,20 +225,23 @@ class RedisStore:
         self.table.put(todo, [cats.get(i, False) for i in todo], [stats.get(i, False) for i in todo], now)
         metrics.ITEM_ROWS.set(len(self.table))
 
-    def preload(self, n: int, batch: int = 2000, stop: threading.Event | None = None) -> int:
+    def preload(self, n: int, batch: int = 2000, stop: threading.Event | None = None,
+                timeout_s: float = 5.0) -> int:
         """Warm-up: read the rows of the ``n`` most viewed items (the popularity ZSET, best
         first) into the item table, ``batch`` at a time; returns how many were read. Run in a
-        background thread at start: requests meanwhile read what they need themselves."""
+        background thread at start: requests meanwhile read what they need themselves. Its
+        reads are bulk, so they wait up to ``timeout_s``, not the request path's timeout."""
         loaded = 0
         for start in range(0, n, batch):
             if stop is not None and stop.is_set():
                 break
-            ids = [m.decode() for m in self.client.zrevrange(self.keys.popular(), start,
-                                                               min(n, start + batch) - 1)]
+            (top,) = self._roundtrip(("ZREVRANGE", self.keys.popular(), start, min(n, start + batch) - 1),
+                                     timeout_s=timeout_s)
+            ids = [m.decode() for m in top]
             held = self.table.rows_of(ids) >= 0
             todo = [i for i, h in zip(ids, held.tolist(), strict=True) if not h]
             if todo:
-                self._read(todo, todo, time.monotonic())
+                self._read(todo, todo, time.monotonic(), timeout_s)
             loaded += len(todo)
             if len(ids) < batch:
                 break
