@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 
 from recsys.settings import Settings
 
@@ -32,6 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         mod.add_arguments(sp)
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    # SIGTERM unwinds like Ctrl-C: the benches' finally blocks stop the scorers, brokers and
+    # Redis servers they started instead of leaving them running
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     mod = importlib.import_module(BENCHES[args.bench])
     return int(mod.run(settings, args) or 0)
