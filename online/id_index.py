@@ -40,10 +40,9 @@ class IdIndex:
     """Ids -> dense row numbers 0, 1, 2, … in the order they were added."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        size = 1 << max(4, (2 * capacity - 1).bit_length())  # load factor <= 0.5
         # (keys, rows, overflow) swapped as one reference; overflow: exact rows of the ids
         # whose hash another stored id shares
-        self._state: State = (np.zeros(size, dtype=np.int64), np.full(size, -1, dtype=np.int64), {})
+        self._state = _empty(capacity)
         self._ids: list[str] = []  # row -> id
 
     def __len__(self) -> int:
@@ -85,9 +84,13 @@ class IdIndex:
         return rows
 
 
+def _empty(capacity: int) -> State:
+    size = 1 << max(4, (2 * capacity - 1).bit_length())  # load factor <= 0.5
+    return np.zeros(size, dtype=np.int64), np.full(size, -1, dtype=np.int64), {}
+
+
 def _build(ids: list[str], capacity: int) -> State:
-    size = 1 << max(4, (2 * capacity - 1).bit_length())
-    state: State = (np.zeros(size, dtype=np.int64), np.full(size, -1, dtype=np.int64), {})
+    state = _empty(capacity)
     _insert(state, ids, np.arange(len(ids), dtype=np.int64), ids.__getitem__)
     return state
 
@@ -128,7 +131,6 @@ def _insert(state: State, ids: list[str], rows: npt.NDArray[np.int64],
             overflow[id_of_row(held)] = held
         overflow[ids[j]] = int(rows[j])
         vals[s] = AMBIGUOUS
-
 
 
 def _probe(keys: npt.NDArray[np.int64], vals: npt.NDArray[np.int64], h: npt.NDArray[np.int64]
