@@ -34,6 +34,7 @@ from torch import nn
 
 from models.calibration import Calibrator, Identity, calibrator_from_dict
 from models.deepfm import TASKS, DeepFM, FeatureHasher, RankerConfig
+from models.fused import FusedMMoE
 from models.mmoe import MMoE
 from online.features import FEATURE_VERSION, FeatureBatch
 
@@ -144,6 +145,18 @@ class Ranker:
         return self.predict_arrays(sparse, dense)
 
 
+def fuse(model: nn.Module) -> nn.Module:
+    """An MMoE in its serving form (``models.fused.FusedMMoE``: the same function in fewer,
+    larger ops; ~25% faster than the INT8 model for 500 candidates). Other models and MMoE
+    shapes it does not fold are returned as they are. Not for INT8 models."""
+    if not isinstance(model, MMoE):
+        return model
+    try:
+        return FusedMMoE(model).eval()
+    except ValueError:
+        return model
+
+
 def freeze(model: nn.Module, cfg: RankerConfig) -> nn.Module:
     """The model as a frozen TorchScript graph (traced on a small batch: every op is batch-size
     polymorphic; weights folded in as constants). It saves the per-module Python dispatch of
@@ -166,7 +179,8 @@ def load_ranker(path: str | Path, *, quantize_int8: bool | None = None, threads:
 
     ``quantize_int8``: None follows the checkpoint's ``meta["quantize"]`` (set at export).
     ``threads``: torch intra-op threads for this process (None leaves it alone).
-    ``frozen``: serve a frozen TorchScript graph of the model (``freeze``; the scorer does).
+    ``frozen``: serve a frozen TorchScript graph of the model, an MMoE in its fused form
+    (``fuse``, ``freeze``; the scorer does).
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -188,7 +202,7 @@ def load_ranker(path: str | Path, *, quantize_int8: bool | None = None, threads:
     q = bool(meta.get("quantize", False)) if quantize_int8 is None else quantize_int8
     served: nn.Module = quantize(model) if q else model
     if frozen:
-        served = freeze(served, cfg)
+        served = freeze(served if q else fuse(served), cfg)
     cal = {h: calibrator_from_dict(d) for h, d in (blob.get("calibration") or {}).items()}
     return Ranker(served, cfg, cal, reg_version or str(blob.get("version", "unknown")), q, meta)
 

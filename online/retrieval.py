@@ -72,8 +72,8 @@ class SessionAnnSource:
         found, vecs = idx.get_vectors(q.state.last_viewed)
         if not found:
             return []
-        weights = [0.7**rank for rank in found]
-        pooled = np.average(vecs, axis=0, weights=weights)
+        weights = 0.7 ** np.asarray(found, dtype=np.float32)  # [m]
+        pooled = (weights @ vecs) / weights.sum()  # [dim] recency-weighted mean
         if not np.any(pooled):
             return []
         return list(idx.query(pooled, self.quota, exclude=set(q.state.last_viewed)))

@@ -148,12 +148,12 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         resp = recommend_pb2.RecommendResponse(
             request_id=request_id, model_version=version, experiment=self.s.ab_experiment, arm=arm,
             degraded=degraded, degraded_reason=reason, served_at_ms=now_ms)
+        add = resp.items.add  # built in place: append() would copy each message
         for pos, r in enumerate(ranked):
-            resp.items.append(recommend_pb2.ScoredItem(
-                item_id=r.item_id, score=r.score, position=pos, sources=list(r.sources),
-                propensity=r.propensity,
-                probs=recommend_pb2.HeadProbabilities(p_click=r.p_click, p_cart=r.p_cart,
-                                                      p_purchase=r.p_purchase)))
+            item = add(item_id=r.item_id, score=r.score, position=pos, sources=r.sources,
+                       propensity=r.propensity)
+            probs = item.probs
+            probs.p_click, probs.p_cart, probs.p_purchase = r.p_click, r.p_cart, r.p_purchase
         self._log_impression(request, resp, ranked, surface)
         metrics.LATENCY.observe(time.perf_counter() - t0)
         metrics.child(metrics.REQUESTS, arm, "degraded" if degraded else "ok").inc()
@@ -296,9 +296,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             model_version=resp.model_version, degraded=resp.degraded,
             degraded_reason=resp.degraded_reason, context=req.context,
         )
+        add = imp.items.add
         for pos, r in enumerate(ranked):
-            imp.items.append(events_pb2.ServedItem(
-                item_id=r.item_id, position=pos, score=r.score, p_click=r.p_click, p_cart=r.p_cart,
-                p_purchase=r.p_purchase, sources=list(r.sources), propensity=r.propensity,
-                features=codecs.pack_features(r.features)))
+            add(item_id=r.item_id, position=pos, score=r.score, p_click=r.p_click, p_cart=r.p_cart,
+                p_purchase=r.p_purchase, sources=r.sources, propensity=r.propensity,
+                features=codecs.pack_features(r.features))
         self.impressions.log(imp)

@@ -1,0 +1,51 @@
+"""The fused serving form of MMoE computes the same function as the training module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.deepfm import RankerConfig
+from models.fused import FusedMMoE
+from models.mmoe import MMoE
+from models.ranker_runtime import fuse
+
+
+def _trained_like(cfg: RankerConfig, seed: int) -> MMoE:
+    """An MMoE whose every parameter is random at a trained model's scale (the default init
+    leaves first-order weights at zero, which would hide a mistake in folding them)."""
+    torch.manual_seed(seed)
+    m = MMoE(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.3)
+    return m
+
+
+@pytest.mark.parametrize(("experts", "esmm", "standardise"),
+                         [(4, True, True), (2, False, False), (3, True, False)])
+def test_fused_equals_training_module(experts, esmm, standardise):
+    n_dense = len(RankerConfig().dense)
+    cfg = RankerConfig(kind="mmoe", tasks=("click", "cart", "purchase"), n_experts=experts, esmm=esmm,
+                       hidden=(48, 24), tower_hidden=(16,),
+                       dense_mean=tuple(0.1 * j for j in range(n_dense)) if standardise else (),
+                       dense_std=tuple(1.0 + 0.2 * j for j in range(n_dense)) if standardise else ())
+    m = _trained_like(cfg, seed=experts)
+    fused = FusedMMoE(m).eval()
+    gen = torch.Generator().manual_seed(1)
+    for b in (1, 7, 500):
+        sparse = torch.randint(0, 2**31, (b, len(cfg.sparse)), generator=gen)
+        dense = 3.0 * torch.randn(b, len(cfg.dense), generator=gen)
+        with torch.inference_mode():
+            want, got = m(sparse, dense), fused(sparse, dense)
+        assert got.shape == (b, 3)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_shapes_it_does_not_fold_are_served_unfused():
+    cfg = RankerConfig(kind="mmoe", tasks=("click", "cart", "purchase"), hidden=(32, 16, 8))
+    m = MMoE(cfg)
+    with pytest.raises(ValueError, match="two layers"):
+        FusedMMoE(m)
+    assert fuse(m) is m
+    assert isinstance(fuse(MMoE(RankerConfig(kind="mmoe", tasks=("click", "purchase")))), FusedMMoE)
