@@ -23,7 +23,6 @@ import grpc
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from models.registry import default_root
 from online import metrics
@@ -35,6 +34,7 @@ from online.servicer import RecommendServicer
 from online.store import RedisStore, StateStore
 from proto import recommend_pb2, recommend_pb2_grpc
 from proto.keys import Keys
+from recsys.metrics_endpoint import start_metrics
 from recsys.settings import Settings, resolve_redis_url, settings_to_env
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def serve(settings: Settings, workers: int | None = None, worker_index: int = 0)
                 for i in range(1, workers)] if worker_index == 0 else []
     metrics_port = settings.serve_metrics_port + worker_index if settings.serve_metrics_port else 0
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_metrics(settings, metrics_port)
     scorer = build_server(settings)
     _tune_gc()
     print(f"scorer worker {worker_index}: RecommendService on {settings.grpc_host}:{scorer.port} "

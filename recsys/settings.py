@@ -66,6 +66,7 @@ class Settings:
     topic_training: str = "training-examples"
     # --- dataflows ------------------------------------------------------------------------
     stream_workers: int = 1
+    metrics_host: str = "127.0.0.1"  # where every process serves /metrics (0.0.0.0 in containers)
     stream_metrics_port: int = 9102
     stream_batch_size: int = 500
     stream_flush_interval_ms: int = 100  # per key: a hot key's state is written at most this often
@@ -291,6 +292,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"k_default ({s.k_default}) must be <= k_max ({s.k_max})")
     if s.session_gap_s <= 0 or s.popularity_half_life_s <= 0:
         raise SettingsError("session_gap_s and popularity_half_life_s must be > 0")
+    if not s.metrics_host.strip():
+        raise SettingsError("metrics_host must be an address to bind, e.g. 127.0.0.1 or 0.0.0.0")
     if not s.surfaces:
         raise SettingsError("surfaces must not be empty")
     unknown_arms = set(s.ab_arms) - {"model", "heuristic", "popular", "random"}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
-from prometheus_client import start_http_server
 
+from recsys.metrics_endpoint import start_metrics
 from recsys.settings import Settings
 from streams import metrics
 from streams.embeddings_flow import build_embeddings_flow
@@ -72,8 +72,7 @@ def run_stream(
     port = getattr(settings, port_setting) if metrics_port is None else metrics_port
     if port:
         offset = process_id or 0
-        start_http_server(port + offset, addr="127.0.0.1")
-        log.info("dataflow metrics on http://127.0.0.1:%d/metrics", port + offset)
+        log.info("dataflow metrics on %s", start_metrics(settings, port + offset))
     monitor = metrics.LagMonitor(settings, [settings.topic(t) for t in topics])
     monitor.start()
     recovery = ensure_recovery(recovery_dir(settings, flow_id)) if settings.stream_recovery else None

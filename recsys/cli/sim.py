@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import start_http_server
-
+from recsys.metrics_endpoint import start_metrics
 from recsys.reports import write_json
 from recsys.settings import Settings
 from sim.config import SimConfigError, load_config
@@ -78,7 +77,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     address = args.address or f"{settings.grpc_host}:{settings.grpc_port}"
     rate = args.rate or settings.sim_shoppers_per_s
     if settings.sim_metrics_port:
-        start_http_server(settings.sim_metrics_port, addr="127.0.0.1")
+        start_metrics(settings, settings.sim_metrics_port)
     sim = Simulator(settings, address, config=cfg)
     n = sim.publish_catalog()
     w = sim.world
