@@ -124,3 +124,58 @@ class FusedMMoE(nn.Module):
             return logp
         click = logp[:, :1]
         return torch.cat([click, click + logp[:, 1:]], dim=1)
+
+
+def compare(candidates: int = 500, rounds: int = 60, block: int = 10, seed: int = 0) -> dict[str, float]:
+    """Median ms per batch of ``candidates`` for the serving forms of one (untrained) MMoE, one
+    thread, measured in alternating blocks so drift of a shared machine hits all alike."""
+    import time
+
+    import numpy as np
+
+    from models.deepfm import RankerConfig
+    from models.ranker_runtime import build_model, freeze, quantize
+
+    torch.set_num_threads(1)
+    cfg = RankerConfig(kind="mmoe", tasks=("click", "cart", "purchase"))
+    torch.manual_seed(seed)
+    m = build_model(cfg).eval()
+    assert isinstance(m, MMoE)
+    sparse = torch.randint(0, 1 << 30, (candidates, len(cfg.sparse)))
+    dense = torch.randn(candidates, len(cfg.dense))
+    forms = {"float": freeze(m, cfg), "int8": freeze(quantize(m), cfg),
+             "fused": freeze(FusedMMoE(m).eval(), cfg)}
+    times: dict[str, list[float]] = {k: [] for k in forms}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, f in forms.items():
+                t0 = time.perf_counter()
+                for _ in range(block):
+                    f(sparse, dense)
+                times[name].append((time.perf_counter() - t0) / block * 1000)
+    return {k: round(float(np.median(v)), 3) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time the fused MMoE against the frozen float and INT8 graphs (`python -m models.fused`)."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m models.fused", description=main.__doc__)
+    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--report", default=None, help="write the result as JSON here")
+    args = p.parse_args(argv)
+    ms = compare(args.candidates, args.rounds)
+    out = {"candidates": args.candidates, "median_ms": ms,
+           "fused_vs_float": round(ms["fused"] / ms["float"], 3),
+           "fused_vs_int8": round(ms["fused"] / ms["int8"], 3)}
+    print(json.dumps(out, indent=2))
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

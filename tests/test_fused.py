@@ -49,3 +49,14 @@ def test_shapes_it_does_not_fold_are_served_unfused():
         FusedMMoE(m)
     assert fuse(m) is m
     assert isinstance(fuse(MMoE(RankerConfig(kind="mmoe", tasks=("click", "purchase")))), FusedMMoE)
+
+
+def test_timing_tool_reports_every_form(tmp_path):
+    import json
+
+    from models.fused import main
+
+    assert main(["--candidates", "16", "--rounds", "2", "--report", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert set(r["median_ms"]) == {"float", "int8", "fused"} and all(v > 0 for v in r["median_ms"].values())
+    assert r["fused_vs_int8"] == round(r["median_ms"]["fused"] / r["median_ms"]["int8"], 3)
