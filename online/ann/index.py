@@ -199,11 +199,8 @@ class AnnIndex:
 
     def get_vector(self, item_id: str) -> npt.NDArray[np.float32] | None:
         """The stored (normalised) vector of an item, or None if absent."""
-        with self._lock.read():
-            label = self._label_of.get(item_id)
-            if label is None:
-                return None
-            return np.asarray(self._index.get_items([label]), dtype=np.float32)[0]
+        found, vecs = self.get_vectors([item_id])
+        return vecs[0] if found else None
 
     # --- writes ---------------------------------------------------------------------------
     def upsert(
