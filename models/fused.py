@@ -55,8 +55,7 @@ class FusedMMoE(nn.Module):
         enc = m.encoder
         s, n, d = len(cfg.sparse), len(cfg.dense), cfg.embed_dim
         k, t = cfg.n_experts, len(cfg.tasks)
-        self.s, self.k, self.t, self.d = s, k, t, d
-        self.h1, self.h = cfg.hidden
+        self.k, self.t, self.h1 = k, t, cfg.hidden[0]
         self.esmm = cfg.esmm
         with torch.no_grad():
             self.register_buffer("buckets", enc.buckets.clone())  # [S]
