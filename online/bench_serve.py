@@ -10,7 +10,7 @@
    and no errors (a step that misses is re-run ``--retries`` times: transient VM stalls);
    measures p50/p99 at half of Recommend's max; reads per-stage p99s from
    the scorer's metrics. Load starts once every worker has preloaded its item rows
-   (``item_preload``); with several workers the load uses 32 connections per worker, so
+   (``item_preload``); with several workers the load uses 128 connections per worker, so
    SO_REUSEPORT's per-connection hash spreads it evenly.
 Starts an embedded broker and redis unless RECSYS_KAFKA_BOOTSTRAP / RECSYS_REDIS_URL are set.
 """
