@@ -57,6 +57,7 @@ class Settings:
     redis_prefix: str = "rs"  # every Redis key starts with this (isolation, multi-tenant)
     topic_prefix: str = ""  # every topic name starts with this (isolation)
     partitions: int = 4  # partitions per topic the embedded broker / `up` creates
+    metrics_host: str = "127.0.0.1"  # where every process serves /metrics (0.0.0.0 in containers)
     # --- topics ---------------------------------------------------------------------------
     topic_clickstream: str = "clickstream"
     topic_catalog: str = "catalog"
@@ -66,7 +67,6 @@ class Settings:
     topic_training: str = "training-examples"
     # --- dataflows ------------------------------------------------------------------------
     stream_workers: int = 1
-    metrics_host: str = "127.0.0.1"  # where every process serves /metrics (0.0.0.0 in containers)
     stream_metrics_port: int = 9102
     stream_batch_size: int = 500
     stream_flush_interval_ms: int = 100  # per key: a hot key's state is written at most this often
