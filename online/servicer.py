@@ -179,7 +179,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         exclude = frozenset(req.exclude_item_ids) | state.purchased
         prefs = (state.features or {}).get("pref") or {}
         q = R.Query(req.user_id, state, sorted(prefs, key=lambda c: -prefs[c]), exclude)
-        sources = R.retrieve(self._sources_for(arm), q)
+        sources = R.retrieve(self._sources_for(arm), q, self.store.prefetch)
         cands = S.merge_candidates(sources, self.s.candidates, exclude | set(state.last_viewed))
         t = self._check(t0, "retrieval", t)
         if arm == "random":

@@ -9,6 +9,8 @@
   feed stop. The reads of one request are ONE MGET round trip.
 * Shared lists (popular, top sellers, new items, trending per category, co-visitation per
   item) are the same for every user: each is re-read once older than ``list_ttl_s`` (1 s).
+  Retrieval names every list its sources will read up front (``prefetch``), so the lists a
+  request misses are read in ONE round trip, not one per source.
 The fallback list is held in memory (``servicer.FallbackList``).
 """
 
@@ -32,6 +34,8 @@ from proto.keys import Keys
 
 log = logging.getLogger(__name__)
 Rows = list[tuple[str, float]]
+ListRef = tuple[str, str, int]  # (kind, name, n): the top n of shared list `kind` ("covisit" of
+# item `name`, "trending" of category `name`, "popular", "new_items", "top_sellers"; name "")
 V = TypeVar("V")
 
 
@@ -59,6 +63,7 @@ class StateStore(Protocol):
     def item_columns(self, ids: list[str]) -> ItemColumns: ...
     def trending(self, categories: list[str], n: int) -> list[Rows]: ...
     def new_items(self, n: int) -> Rows: ...
+    def prefetch(self, lists: list[ListRef]) -> None: ...
     def cache_result(self, user_id: str, value: dict[str, Any], ttl_s: float) -> None: ...
 
 
@@ -160,32 +165,51 @@ class RedisStore:
         self.client.set(self.keys.result_cache(user_id), codecs.encode(value), px=int(ttl_s * 1000))
 
     # --- shared lists (cached list_ttl_s) ------------------------------------------------
-    def _zsets(self, keys: list[str], n: int) -> list[Rows]:
-        """Top n of each ZSET, cached per (key, n); the misses in one pipelined round trip."""
+    def _zsets(self, wanted: list[tuple[str, int]]) -> list[Rows]:
+        """Top n of each (ZSET key, n), cached per (key, n); the misses in one pipelined round trip."""
         now = time.monotonic()
-        out: list[Rows | None] = [self._lists.get((key, n), now) for key in keys]
+        out: list[Rows | None] = [self._lists.get(w, now) for w in wanted]
         missing = [j for j, rows in enumerate(out) if rows is None]
         if missing:
-            replies = self._roundtrip(*(("ZREVRANGE", keys[j], 0, n - 1, "WITHSCORES") for j in missing))
+            replies = self._roundtrip(*(("ZREVRANGE", wanted[j][0], 0, wanted[j][1] - 1, "WITHSCORES")
+                                        for j in missing))
             for j, raw in zip(missing, replies, strict=True):
                 out[j] = rows = _score_pairs(raw)
-                self._lists.put((keys[j], n), rows, now)
+                self._lists.put(wanted[j], rows, now)
         return [rows or [] for rows in out]
 
+    def _list_key(self, kind: str, name: str) -> str:
+        k = self.keys
+        if kind == "covisit":
+            return k.covisit(name)
+        if kind == "trending":
+            return k.trending(name)
+        single = {"popular": k.popular, "new_items": k.new_items, "top_sellers": k.top_sellers}
+        if kind not in single:
+            raise ValueError(f"unknown shared list kind {kind!r}")
+        return single[kind]()
+
+    def prefetch(self, lists: list[ListRef]) -> None:
+        """Read the uncached ones among these shared lists, all in ONE round trip, so the
+        sources' own reads that follow are cache hits (nothing to gain when lists are not
+        cached: ``list_ttl_s`` 0)."""
+        if self._lists.ttl_s > 0 and lists:
+            self._zsets(list(dict.fromkeys((self._list_key(kind, name), n) for kind, name, n in lists)))
+
     def related(self, items: list[str], per_item: int) -> list[Rows]:
-        return self._zsets([self.keys.covisit(i) for i in items], per_item) if items else []
+        return self._zsets([(self.keys.covisit(i), per_item) for i in items]) if items else []
 
     def popular(self, n: int) -> Rows:
-        return self._zsets([self.keys.popular()], n)[0]
+        return self._zsets([(self.keys.popular(), n)])[0]
 
     def top_sellers(self, n: int) -> Rows:
-        return self._zsets([self.keys.top_sellers()], n)[0]
+        return self._zsets([(self.keys.top_sellers(), n)])[0]
 
     def trending(self, categories: list[str], n: int) -> list[Rows]:
-        return self._zsets([self.keys.trending(c) for c in categories], n) if categories else []
+        return self._zsets([(self.keys.trending(c), n) for c in categories]) if categories else []
 
     def new_items(self, n: int) -> Rows:
-        return self._zsets([self.keys.new_items()], n)[0]
+        return self._zsets([(self.keys.new_items(), n)])[0]
 
     # --- item rows (in process memory, refreshed from Redis) -----------------------------
     def item_columns(self, ids: list[str]) -> ItemColumns:

@@ -13,6 +13,8 @@ import pytest
 import redis
 
 from models.deepfm import FeatureHasher
+from online import metrics
+from online import retrieval as R
 from online.features import (
     DENSE,
     CatalogPart,
@@ -31,7 +33,7 @@ from online.item_table import ItemTable
 from online.ranking import HeuristicRanker
 from online.rerank import Exploration
 from online.scorer import merge_candidates
-from online.store import RedisStore
+from online.store import RedisStore, UserState
 from proto import codecs
 from proto.keys import Keys
 from streams.features import decay_exponent
@@ -175,6 +177,49 @@ def test_shared_lists_are_cached_for_their_ttl(settings, redis_client):
     assert store.popular(5)[0][0] == "p1"
     time.sleep(0.35)
     assert store.popular(5)[0] == ("p3", 3.0)
+
+
+def test_retrieval_reads_every_missed_shared_list_in_one_round_trip(settings, redis_client):
+    """The sources' shared lists (co-visitation of each viewed item, trending per preferred
+    category, popular, new items) are read in ONE Redis round trip, with the same results as
+    when each source reads for itself; a failing prefetch leaves the sources to read."""
+    k = Keys(settings.redis_prefix)
+    for j, item in enumerate(("v1", "v2")):
+        redis_client.zadd(k.covisit(item), {f"c{j}{n}": float(n) for n in range(4)})
+    redis_client.zadd(k.trending("shoes"), {"t1": 3.0, "t2": 1.0})
+    redis_client.zadd(k.trending("bags"), {"t3": 2.0})
+    redis_client.zadd(k.popular(), {"p1": 2.0, "p2": 1.0})
+    redis_client.zadd(k.new_items(), {"n1": 5.0})
+    state = UserState({"items": ["v1", "v2"], "ver": 1}, None, frozenset(), None)
+    q = R.Query("u1", state, ["shoes", "bags"])
+
+    def run(prefetch: bool, store: RedisStore) -> tuple[list, int]:
+        trips = 0
+        real = store._roundtrip
+
+        def counted(*commands, timeout_s=None):
+            nonlocal trips
+            trips += 1
+            return real(*commands, timeout_s=timeout_s)
+        store._roundtrip = counted  # type: ignore[method-assign]
+        sources: list[R.Source] = [R.CovisitSource(store), R.TrendingSource(store),
+                                   R.NewItemsSource(store),
+                   R.PopularSource(store)]
+        return R.retrieve(sources, q, store.prefetch if prefetch else None), trips
+
+    alone, trips_alone = run(False, RedisStore(settings.redis_url, k, list_ttl_s=60))
+    together, trips_together = run(True, RedisStore(settings.redis_url, k, list_ttl_s=60))
+    assert [name for name, _ in together] == ["covisit", "trending", "new_items", "popular"]
+    assert together == alone and trips_alone == 4 and trips_together == 1
+
+    class Broken(R.PopularSource):
+        def lists(self, q: R.Query) -> list:
+            return [("no-such-list", "", 1)]
+    store = RedisStore(settings.redis_url, k, list_ttl_s=60)
+    errors = metrics.child(metrics.SOURCE_ERRORS, "prefetch")
+    before = errors._value.get()
+    assert R.retrieve([Broken(store)], q, store.prefetch) == [("popular", [("p1", 2.0), ("p2", 1.0)])]
+    assert errors._value.get() == before + 1
 
 
 def test_a_dropped_redis_connection_fails_one_read_then_reconnects(settings, redis_client):
