@@ -11,6 +11,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
@@ -86,5 +87,24 @@ def run_stream(
             epoch_interval=timedelta(seconds=epoch_s),
             recovery_config=recovery,
         )
+    except BytewaxRuntimeError as exc:
+        if not stopped_by_signal(exc):
+            raise
+        log.info("dataflow %s stopped by a signal%s", flow_id,
+                 " (it resumes from its last recovery snapshot)" if recovery else "")
     finally:
         monitor.stop()
+
+
+def stopped_by_signal(exc: BaseException) -> bool:
+    """Bytewax reports Ctrl-C / SIGINT as a ``BytewaxRuntimeError``: "signal received" from its
+    run loop, or an error whose cause is the ``KeyboardInterrupt`` raised inside a step. That
+    is the requested, clean stop, not a failure (no traceback)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt) or "signal received" in str(e):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

@@ -6,6 +6,7 @@ Also runs `recsys up` for a short closed loop and checks its report.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +62,10 @@ def test_click_to_fresh_recommendation_through_live_dataflow(settings, tmp_path)
         assert first == "y", "carol's view of x never reached her recommendations"
         print(f"view -> fresh recommendation in {waited * 1000:.0f} ms")
         assert waited < 2.0  # seconds from a view to a recommendation that reflects it
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, not a crash
+        out = proc.communicate(timeout=30)[0].decode()
+        assert proc.returncode == 0, out[-3000:]
+        assert "Traceback" not in out and "stopped by a signal" in out, out[-3000:]
     finally:
         scorer.stop(0)
         proc.terminate()
