@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from recsys.cli.main import build_parser
+from recsys.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -51,6 +52,31 @@ def recsys_argv(svc: dict[str, Any]) -> list[str] | None:
 
 
 RECSYS_SERVICES = {n: a for n, s in SERVICES.items() if (a := recsys_argv(s)) is not None}
+
+
+def environment_of(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        out: dict[str, str] = {}
+        for item in env:
+            key, _, value = str(item).partition("=")
+            out[key] = value
+        return out
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def settings_of(name: str) -> Settings:
+    """The settings a service's process sees: the image's ENV, then the service's environment."""
+    env: dict[str, str] = {}
+    if SERVICES[name].get("build"):
+        _base, stage = final_stage(dockerfile_instructions(dockerfile_of(SERVICES[name])[1]))
+        env.update({k: v for k, v in dockerfile_env(stage).items() if k.startswith("RECSYS_")})
+    env.update({k: v for k, v in environment_of(SERVICES[name]).items() if k.startswith("RECSYS_")})
+    try:
+        return load_settings(env=env)
+    except SettingsError as exc:
+        raise AssertionError(f"service {name!r}: its RECSYS_* environment is not valid settings: {exc}"
+                             ) from None
 
 
 def parse_cli(argv: list[str]) -> Any:

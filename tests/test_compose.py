@@ -22,7 +22,7 @@ import pytest
 from jsonschema import Draft7Validator, FormatChecker
 
 from recsys.cli.main import subcommands
-from recsys.settings import Settings, SettingsError, load_settings
+from recsys.settings import SettingsError, load_settings
 from tests.compose_files import (
     BUILT_SERVICES,
     COMPOSE,
@@ -31,11 +31,9 @@ from tests.compose_files import (
     REQUIRED_RECSYS_SERVICES,
     SERVICES,
     argv_of,
-    dockerfile_env,
-    dockerfile_instructions,
-    dockerfile_of,
-    final_stage,
+    environment_of,
     parse_cli,
+    settings_of,
 )
 from tests.compose_schema import ComposeSchemaUnavailable, load_compose_schema
 
@@ -44,17 +42,6 @@ KEYED_COMPACTED_TOPICS = ("catalog", "users")  # DESIGN: keyed by item / user, c
 
 # ------------------------------------------------------------------------------------------
 # helpers
-
-
-def _environment(svc: dict[str, Any]) -> dict[str, str]:
-    env = svc.get("environment") or {}
-    if isinstance(env, list):
-        out: dict[str, str] = {}
-        for item in env:
-            key, _, value = str(item).partition("=")
-            out[key] = value
-        return out
-    return {str(k): "" if v is None else str(v) for k, v in env.items()}
 
 
 def _depends_on(svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -192,27 +179,13 @@ def test_recsys_command_names_a_real_subcommand_and_parses(name: str) -> None:
 # (c) settings from the environment
 
 
-def _settings_of(name: str) -> Settings:
-    """The settings a service's process sees: the image's ENV, then the service's environment."""
-    env: dict[str, str] = {}
-    if SERVICES[name].get("build"):
-        _base, stage = final_stage(dockerfile_instructions(dockerfile_of(SERVICES[name])[1]))
-        env.update({k: v for k, v in dockerfile_env(stage).items() if k.startswith("RECSYS_")})
-    env.update({k: v for k, v in _environment(SERVICES[name]).items() if k.startswith("RECSYS_")})
-    try:
-        return load_settings(env=env)
-    except SettingsError as exc:
-        raise AssertionError(f"service {name!r}: its RECSYS_* environment is not valid settings: {exc}"
-                             ) from None
-
-
 ENV_SERVICES = sorted(n for n, s in SERVICES.items()
-                      if n in RECSYS_SERVICES or any(k.startswith("RECSYS_") for k in _environment(s)))
+                      if n in RECSYS_SERVICES or any(k.startswith("RECSYS_") for k in environment_of(s)))
 
 
 @pytest.mark.parametrize("name", ENV_SERVICES)
 def test_recsys_environment_variables_are_real_settings(name: str) -> None:
-    env = {k: v for k, v in _environment(SERVICES[name]).items() if k.startswith("RECSYS_")}
+    env = {k: v for k, v in environment_of(SERVICES[name]).items() if k.startswith("RECSYS_")}
     try:
         load_settings(env=env)
     except SettingsError as exc:
@@ -221,7 +194,7 @@ def test_recsys_environment_variables_are_real_settings(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(RECSYS_SERVICES))
 def test_recsys_services_use_the_compose_kafka_and_redis(name: str) -> None:
-    s = _settings_of(name)
+    s = settings_of(name)
     assert s.kafka_bootstrap and s.redis_url, (
         f"service {name!r}: RECSYS_KAFKA_BOOTSTRAP and RECSYS_REDIS_URL must be set (empty means "
         "the embedded stack, which is not in this container)")
@@ -256,7 +229,7 @@ def test_scorer_listens_on_all_interfaces_and_is_published() -> None:
     scorers = [n for n, a in RECSYS_SERVICES.items() if parse_cli(a).command == "serve"]
     assert scorers, "no service runs `recsys serve`"
     for name in scorers:
-        s = _settings_of(name)
+        s = settings_of(name)
         assert s.grpc_host == "0.0.0.0", (
             f"service {name!r}: RECSYS_GRPC_HOST={s.grpc_host!r}; other containers cannot reach it "
             "unless it is 0.0.0.0")
@@ -289,11 +262,11 @@ def _topic_creator() -> tuple[str, str]:
 def test_topic_service_creates_every_topic_the_settings_name() -> None:
     name, script = _topic_creator()
     created = {m.group(1): m.group(2) for m in re.finditer(r"^\s*create\s+(\S+)(.*)$", script, re.M)}
-    env = _environment(SERVICES[name])
+    env = environment_of(SERVICES[name])
     partitions = [env.get(v.strip('"{}$'), v) if v.lstrip('"').startswith("$") else v.strip('"')
                   for v in re.findall(r"--partitions\s+(\S+)", script)]
     for svc in sorted(RECSYS_SERVICES):
-        s = _settings_of(svc)
+        s = settings_of(svc)
         logical = [f.name.removeprefix("topic_") for f in dataclasses.fields(s)
                    if f.name.startswith("topic_") and f.name != "topic_prefix"]
         expected = {s.topic(n) for n in logical}

@@ -15,14 +15,14 @@ from recsys.embedded.redis_server import free_port
 from recsys.metrics_endpoint import start_metrics
 from recsys.settings import SettingsError, load_settings
 from streams.runner import FLOWS
-from tests.test_compose import RECSYS_SERVICES, ROOT, SERVICES, _parse_cli, _settings_of
+from tests.compose_files import RECSYS_SERVICES, ROOT, SERVICES, parse_cli, settings_of
 
 PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
 PORT_SETTING = {"serve": "serve_metrics_port", "sim": "sim_metrics_port"}
 
 
 def _metrics_port_setting(argv: list[str]) -> str | None:
-    args = _parse_cli(argv)
+    args = parse_cli(argv)
     if args.command == "stream":
         return FLOWS[args.flow][2]
     return PORT_SETTING.get(args.command)
@@ -62,7 +62,7 @@ def test_prometheus_scrapes_every_recsys_process_at_its_metrics_port():
         setting = _metrics_port_setting(argv)
         if setting is None:
             continue
-        s = _settings_of(name)
+        s = settings_of(name)
         port = getattr(s, setting)
         assert port, f"service {name!r} serves no metrics ({setting} is 0)"
         assert s.metrics_host == "0.0.0.0", f"service {name!r} binds metrics to {s.metrics_host}"
