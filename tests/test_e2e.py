@@ -96,3 +96,9 @@ def test_up_runs_the_closed_loop_and_reports(tmp_path: Path):
     assert r["rpc_errors"] == 0
     assert 0 < r["ctr"] < 1
     assert "all processes stopped" in out.stdout
+    # `up` stops its dataflows with SIGINT: a clean stop in each one's log, no traceback
+    flows = {p.stem: p.read_text() for p in (tmp_path / "state" / "logs").glob("*.log")
+             if p.stem in ("stream", "labels", "embeddings")}
+    assert set(flows) == {"stream", "labels", "embeddings"}, sorted(flows)
+    for name, text in flows.items():
+        assert "Traceback" not in text and "stopped by a signal" in text, f"{name}: {text[-3000:]}"
