@@ -72,6 +72,33 @@ def test_click_to_fresh_recommendation_through_live_dataflow(settings, tmp_path)
         proc.wait(20)
 
 
+def test_sigterm_stops_the_dataflow_cleanly(settings, tmp_path):
+    """`docker stop` sends SIGTERM: the running dataflow ends as on Ctrl-C (exit 0, no traceback)."""
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli.main", "stream"], cwd=ROOT,
+                            env=settings_env(settings.replace(state_dir=str(tmp_path))),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        producer = kafka.producer(settings)
+        producer.produce(settings.topic("clickstream"), key=b"u1", value=make_event(
+            event_id="t1", ts_ms=int(time.time() * 1000), user_id="u1", type=events_pb2.VIEW,
+            item_id="x"))
+        producer.flush(10)
+        rc = __import__("redis").Redis.from_url(settings.redis_url)
+        session = Keys(settings.redis_prefix).session("u1")
+        deadline = time.monotonic() + 60
+        while not rc.exists(session) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # the dataflow is running once it has applied the event
+        assert rc.exists(session), "the dataflow never applied the event"
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+        assert proc.returncode == 0, out[-3000:]
+        assert "Traceback" not in out and "stopped by a signal" in out, out[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_up_runs_the_closed_loop_and_reports(tmp_path: Path):
     report = tmp_path / "report.json"
     names = ("grpc_port", "serve_metrics_port", "stream_metrics_port", "sim_metrics_port",
