@@ -58,6 +58,11 @@ class IdIndex:
         row = int(self.rows([item_id])[0])
         return None if row < 0 else row
 
+    def ids_of(self, rows: Sequence[int]) -> list[str]:
+        """The ids stored at these rows."""
+        held = self._ids
+        return [held[r] for r in rows]
+
     def rows(self, ids: Sequence[str]) -> npt.NDArray[np.int64]:
         """Row per id, -1 for ids not stored."""
         if not ids:

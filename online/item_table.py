@@ -8,6 +8,9 @@ here with ``put``. Thread safety: one writer at a time (a lock); readers take no
 writer grows the arrays (copy, then swap the reference) BEFORE it publishes new row numbers in
 ``index``, so a reader that looked ids up first and read ``cols`` after always gets arrays
 that hold its rows.
+
+Bounded memory: ``keep_recent(n)`` builds a new table of the n rows requests used most
+recently (``gather`` stamps them), which the store swaps in when the table is full.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ COLUMNS: dict[str, type | str] = {
     "h_item_id": np.int64, "h_category": np.int64, "h_brand": np.int64,
     "cat_t": np.float64, "stats_t": np.float64,  # when each part was read (monotonic s)
     "inval_t": np.float64,  # when the row was last invalidated (monotonic s)
+    "used_t": np.float64,  # when a request last gathered the row, or it was added (monotonic s)
 }
 
 
@@ -80,6 +84,7 @@ class ItemTable:
                 self._stats.extend(None for _ in added)
                 for name in ("cat_t", "stats_t", "inval_t"):
                     cols[name][new] = -math.inf
+                cols["used_t"][new] = now
                 cols["h_item_id"][new] = [hash_token("item_id", i) for i in added]
             rows: list[int] = r_arr.tolist()
             # invalidated after this read began: what was read may predate the change
@@ -130,14 +135,45 @@ class ItemTable:
         cols["stats_t"][rows] = -math.inf
         return len(rows)
 
-    def gather(self, rows: npt.NDArray[np.int64]) -> ItemColumns:
-        """The columns of these rows (all must be known)."""
+    def gather(self, rows: npt.NDArray[np.int64], now: float | None = None) -> ItemColumns:
+        """The columns of these rows (all must be known); with ``now``, the rows are marked
+        used then (what ``keep_recent`` keeps)."""
         cols = self.cols
+        if now is not None:
+            self.touch(rows, now)
         return ItemColumns(
             category=cols["category"][rows].tolist(), brand=cols["brand"][rows].tolist(),
             price=cols["price"][rows], views=cols["views"][rows], ctr=cols["ctr"][rows],
             cvr=cols["cvr"][rows], active=cols["active"][rows],
             hashes={n: cols[f"h_{n}"][rows] for n in PER_ITEM_SPARSE})
+
+    def touch(self, rows: npt.NDArray[np.int64], now: float) -> None:
+        """Mark these rows used at ``now`` (no lock: a stamp lost to a concurrent grow only
+        makes that row look older)."""
+        self.cols["used_t"][rows] = now
+
+    def keep_recent(self, n: int) -> ItemTable:
+        """A new table holding the ``n`` rows used most recently (ties: any of them), with
+        everything this one knows of them; this table is left as it was, so readers holding
+        it go on. Writes to this table while the copy is made wait for it."""
+        with self._lock:
+            held = len(self)
+            used = self.cols["used_t"][:held]
+            if n >= held:
+                keep = np.arange(held)
+            elif n <= 0:
+                keep = np.empty(0, dtype=np.int64)
+            else:
+                keep = np.sort(np.argpartition(-used, n - 1)[:n])  # stored order kept
+            table = ItemTable(max(4096, len(keep) + len(keep) // 2))
+            table._memo = self._memo
+            rows = keep.tolist()
+            table._cat = [self._cat[r] for r in rows]
+            table._stats = [self._stats[r] for r in rows]
+            for name, arr in self.cols.items():
+                table.cols[name][: len(keep)] = arr[keep]
+            table.index.add(self.index.ids_of(rows))
+            return table
 
     # --- writer side (lock held) ---------------------------------------------------------
     def _grow(self, need: int) -> None:

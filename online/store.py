@@ -6,7 +6,9 @@
   hashes) are held in process memory, column by column (``online.item_table``). A row is
   read from Redis on first use and again when the dataflow's item changelog names it
   (``online.item_feed``); ``item_stats_ttl_s`` / ``catalog_ttl_s`` bound its age should that
-  feed stop. The reads of one request are ONE MGET round trip.
+  feed stop. The reads of one request are ONE MGET round trip. At most ``max_items`` rows are
+  held: when a read would pass that, the table is rebuilt with the rows requests used most
+  recently (3/4 of ``max_items``, less what is being read).
 * Shared lists (popular, top sellers, new items, trending per category, co-visitation per
   item) are the same for every user: each is re-read once older than ``list_ttl_s`` (1 s).
   Retrieval names every list its sources will read up front (``prefetch``), so the lists a
@@ -129,6 +131,7 @@ class RedisStore:
         )
         self.catalog_ttl_s, self.item_stats_ttl_s, self.max_items = catalog_ttl_s, item_stats_ttl_s, max_items
         self.table = ItemTable()
+        self._evict_lock = threading.Lock()
         self._lists: TtlCache[Rows] = TtlCache(list_ttl_s, 200_000)
         self._local = threading.local()  # .conn: this thread's connection for ``_roundtrip``
 
@@ -221,18 +224,27 @@ class RedisStore:
         rows = table.rows_of(ids)
         need_cat, need_stats = table.stale(rows, now, self.catalog_ttl_s, self.item_stats_ttl_s)
         if need_cat.any() or need_stats.any():
-            self._read_items(ids, need_cat, need_stats, now)
+            table.touch(rows[rows >= 0], now)  # in use: kept should the read make room
+            table = self._read_items(ids, need_cat, need_stats, now)  # may be a new table
             rows = table.rows_of(ids)
-        return table.gather(rows)
+            if (rows < 0).any():  # evicted meanwhile by another request's read: read again
+                gone = list(dict.fromkeys(ids[j] for j in np.flatnonzero(rows < 0).tolist()))
+                table = self._read(gone, gone, now)
+                rows = table.rows_of(ids)
+                if (rows < 0).any():
+                    raise RuntimeError(f"item rows evicted while in use: item_cache_max "
+                                       f"({self.max_items}) is too small for the load")
+        return table.gather(rows, now)
 
     def _read_items(self, ids: list[str], need_cat: np.ndarray, need_stats: np.ndarray,
-                    now: float) -> None:
-        self._read(list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_cat))),
+                    now: float) -> ItemTable:
+        return self._read(list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_cat))),
                    list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_stats))), now)
 
     def _read(self, cat_ids: list[str], stats_ids: list[str], now: float,
-              timeout_s: float | None = None) -> None:
-        """Read these items' catalog rows / stats (one round trip) into the item table."""
+              timeout_s: float | None = None) -> ItemTable:
+        """Read these items' catalog rows / stats (one round trip) into the item table; returns
+        the table written to, which holds them (``self.table`` may be swapped meanwhile)."""
         commands = []
         if cat_ids:
             commands.append(("MGET", *(self.keys.item_catalog(i) for i in cat_ids)))
@@ -245,9 +257,26 @@ class RedisStore:
                                          strict=True)) if stats_ids else {}
         todo = list(dict.fromkeys([*cat_ids, *stats_ids]))
         if len(self.table) + len(todo) > self.max_items:
-            self.table = ItemTable()  # crude bound: start over, rows refill on demand
-        self.table.put(todo, [cats.get(i, False) for i in todo], [stats.get(i, False) for i in todo], now)
-        metrics.ITEM_ROWS.set(len(self.table))
+            self._make_room(len(todo))
+        table = self.table
+        table.put(todo, [cats.get(i, False) for i in todo], [stats.get(i, False) for i in todo], now)
+        metrics.ITEM_ROWS.set(len(table))
+        return table
+
+    def _make_room(self, incoming: int) -> None:
+        """Swap in a table of the most recently used rows: 3/4 of ``max_items`` less the
+        ``incoming`` rows, so that eviction is rare. The request that does it waits for the
+        copy (about a second per million rows kept); the others go on with the old table."""
+        with self._evict_lock:
+            table = self.table
+            if len(table) + incoming <= self.max_items:
+                return  # another request made room meanwhile
+            t0 = time.perf_counter()
+            self.table = table.keep_recent(self.max_items * 3 // 4 - incoming)
+            evicted = len(table) - len(self.table)
+            metrics.ITEM_EVICTIONS.inc(evicted)
+            log.info("item rows: %d least recently used evicted (%d kept) in %.2f s",
+                     evicted, len(self.table), time.perf_counter() - t0)
 
     def preload(self, n: int, batch: int = 2000, stop: threading.Event | None = None,
                 timeout_s: float = 5.0) -> int:
@@ -256,6 +285,7 @@ class RedisStore:
         background thread at start: requests meanwhile read what they need themselves. Its
         reads are bulk, so they wait up to ``timeout_s``, not the request path's timeout."""
         loaded = 0
+        n = min(n, self.max_items)  # a warm-up never evicts what it loaded
         for start in range(0, n, batch):
             if stop is not None and stop.is_set():
                 break

@@ -203,8 +203,7 @@ def test_retrieval_reads_every_missed_shared_list_in_one_round_trip(settings, re
             return real(*commands, timeout_s=timeout_s)
         store._roundtrip = counted  # type: ignore[method-assign]
         sources: list[R.Source] = [R.CovisitSource(store), R.TrendingSource(store),
-                                   R.NewItemsSource(store),
-                   R.PopularSource(store)]
+                                   R.NewItemsSource(store), R.PopularSource(store)]
         return R.retrieve(sources, q, store.prefetch if prefetch else None), trips
 
     alone, trips_alone = run(False, RedisStore(settings.redis_url, k, list_ttl_s=60))
@@ -220,6 +219,33 @@ def test_retrieval_reads_every_missed_shared_list_in_one_round_trip(settings, re
     before = errors._value.get()
     assert R.retrieve([Broken(store)], q, store.prefetch) == [("popular", [("p1", 2.0), ("p2", 1.0)])]
     assert errors._value.get() == before + 1
+
+
+def test_a_full_item_table_evicts_the_least_recently_used_rows(settings, redis_client):
+    """At ``max_items`` the table keeps the rows requests used most recently (3/4 of the
+    bound, less what is being read); evicted rows are read again, right, when next used."""
+    k = Keys(settings.redis_prefix)
+    for j in range(150):
+        redis_client.set(k.item_catalog(f"i{j}"), codecs.encode({"category": f"c{j % 7}", "price": float(j)}))
+    store = RedisStore(settings.redis_url, k, max_items=100, catalog_ttl_s=3600, item_stats_ttl_s=3600)
+    ids = [f"i{j}" for j in range(150)]
+    assert list(store.item_columns(ids[:80]).price) == [float(j) for j in range(80)]
+    time.sleep(0.01)
+    store.item_columns(ids[40:50])  # used again: these must survive the eviction
+    evictions = metrics.ITEM_EVICTIONS._value.get()
+    cols = store.item_columns(ids[100:140])  # 80 + 40 > 100: make room
+    assert list(cols.price) == [float(j) for j in range(100, 140)]
+    assert len(store.table) == 75 and metrics.ITEM_EVICTIONS._value.get() == evictions + 45
+    held = store.table.rows_of(ids) >= 0
+    assert held[40:50].all() and held[100:140].all() and held[:80].sum() == 35
+    assert [c for c in store.table.gather(store.table.rows_of(ids[40:50])).category] == \
+        [f"c{j % 7}" for j in range(40, 50)]
+    assert list(store.item_columns(ids[:80]).price) == [float(j) for j in range(80)]  # re-read
+    # a request whose own held rows do not all fit what is kept: the evicted ones are read again
+    store = RedisStore(settings.redis_url, k, max_items=100, catalog_ttl_s=3600, item_stats_ttl_s=3600)
+    store.item_columns(ids[:75])
+    assert list(store.item_columns(ids[15:105]).price) == [float(j) for j in range(15, 105)]
+    assert len(store.table) <= 100
 
 
 def test_a_dropped_redis_connection_fails_one_read_then_reconnects(settings, redis_client):
