@@ -239,7 +239,7 @@ class RedisStore:
     def _read_items(self, ids: list[str], need_cat: np.ndarray, need_stats: np.ndarray,
                     now: float) -> ItemTable:
         return self._read(list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_cat))),
-                   list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_stats))), now)
+                          list(dict.fromkeys(ids[j] for j in np.flatnonzero(need_stats))), now)
 
     def _read(self, cat_ids: list[str], stats_ids: list[str], now: float,
               timeout_s: float | None = None) -> ItemTable:
