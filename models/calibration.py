@@ -238,7 +238,7 @@ def plot_curves(out_dir: Path, name: str, history: list[dict[str, float]], curve
 
 
 def plot_head_auc(out_dir: Path, name: str, heads: Mapping[str, Any]) -> str:
-    """``auc.png``: test AUC per head (from ``train_ranker.calibrate_and_evaluate``)."""
+    """``auc.png``: test AUC per head (from ``ranker_eval.calibrate_and_evaluate``)."""
     import matplotlib
 
     matplotlib.use("Agg")

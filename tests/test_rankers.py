@@ -24,7 +24,8 @@ from models.deepfm import (
     hash_token,
 )
 from models.mmoe import MMoE
-from models.train_ranker import TrainConfig, calibrate_and_evaluate, fit, make_model
+from models.ranker_eval import calibrate_and_evaluate
+from models.train_ranker import TrainConfig, fit, make_model
 from online.features import DENSE, SPARSE, assemble, item_row
 from proto import codecs, events_pb2
 from proto.keys import Keys
