@@ -47,6 +47,7 @@ from recsys.settings import Settings, resolve_redis_url
 from streams import decoders as D
 from streams import kafka_io
 from streams.coalesce import Group, group_by
+from streams.emb_vectors import hashed_id, price_bucket
 from streams.embeddings import (
     I2V,
     TOWER,
@@ -57,8 +58,6 @@ from streams.embeddings import (
     FitReport,
     Segment,
     VecOp,
-    hashed_id,
-    price_bucket,
     session_close,
     session_step,
     tower_keys,
@@ -102,7 +101,7 @@ class TowerEmbedder:
     """The promoted ``two_tower`` model's item tower, re-read when the registry pointer moves.
 
     Catalog items are embedded from content (category, brand, price bucket, hashed title
-    tokens; ``streams.embeddings`` holds the encoding a content model must be trained with);
+    tokens; ``streams.emb_vectors`` holds the encoding a content model must be trained with);
     an item found in the version's optional ``item_ids.json`` ({item_id: row}) also gets its
     trained id embedding, others id 0 (content only). A model without content features
     cannot embed unseen items and is not used.

@@ -24,6 +24,7 @@ from proto.keys import Keys
 from recsys import kafka
 from recsys.settings import Settings
 from streams.coalesce import Group
+from streams.emb_vectors import blend, blend_weight, group_centroids, hashed_direction, prior_vector
 from streams.embeddings import (
     I2V,
     TOWER,
@@ -31,11 +32,6 @@ from streams.embeddings import (
     EmbConfig,
     EmbeddingModel,
     Segment,
-    blend,
-    blend_weight,
-    group_centroids,
-    hashed_direction,
-    prior_vector,
     session_close,
     session_step,
     unit,
