@@ -1,12 +1,13 @@
 """A bare gRPC echo service: the baseline the serving benchmark compares Recommend against.
 
-Same framework (the synchronous ``grpc.server`` on a thread pool), the same server options
-and the same health checking and reflection as a real service, but no work in the handler,
-so ``Recommend latency - Echo latency`` is the cost of recommending, not of gRPC.
+Same framework as the scorer (``grpc.aio`` on its own event-loop thread, handlers inline:
+``online.aio_host``), the same server options and the same health checking and reflection as
+a real service, but no work in the handler, so ``Recommend latency - Echo latency`` is the
+cost of recommending, not of gRPC.
 
 Run it in its own process (so a load generator does not share its GIL)::
 
-    python -m online.echo --port 0 --workers 16     # prints {"port": N, "pid": P}
+    python -m online.echo --port 0     # prints {"port": N, "pid": P}
 
 or from Python: ``make_echo_server()`` in-process, ``EchoProcess()`` as a subprocess.
 """
@@ -21,78 +22,46 @@ import signal
 import subprocess
 import sys
 import threading
-from concurrent import futures
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+import grpc.aio
 
+from online.aio_host import AioServer
 from online.server import GRPC_OPTIONS
 from proto import recommend_pb2, recommend_pb2_grpc
 
 ECHO_SERVICE = "recsys.v1.EchoService"
-DEFAULT_WORKERS = 16  # as online.server.build_server
 
 # The same server options as the scorer (one source of truth: online.server).
 SERVER_OPTIONS: list[tuple[str, Any]] = list(GRPC_OPTIONS)
 
 
 class EchoServicer(recommend_pb2_grpc.EchoServiceServicer):
-    def Echo(
-        self, request: recommend_pb2.EchoRequest, context: grpc.ServicerContext
+    async def Echo(  # type: ignore[override]
+        self, request: recommend_pb2.EchoRequest, context: grpc.aio.ServicerContext
     ) -> recommend_pb2.EchoReply:
         return recommend_pb2.EchoReply(payload=request.payload)
 
 
-def add_health(server: grpc.Server, services: list[str]) -> health.HealthServicer:
-    """Standard ``grpc.health.v1.Health`` with the server and each service SERVING."""
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    for name in ["", *services]:
-        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return servicer
-
-
-def make_echo_server(
-    host: str = "127.0.0.1", port: int = 0, workers: int = DEFAULT_WORKERS
-) -> tuple[grpc.Server, int]:
-    """A started echo server and the port it bound (``port=0`` picks a free one)."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="echo"),
-        options=SERVER_OPTIONS,
-    )
-    recommend_pb2_grpc.add_EchoServiceServicer_to_server(EchoServicer(), server)
-    add_health(server, [ECHO_SERVICE])
-    reflection.enable_server_reflection(
-        [ECHO_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME], server
-    )
-    try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
-        raise OSError(f"echo server cannot bind {host}:{port}: {exc}") from exc
-    if bound == 0:
-        raise OSError(f"echo server cannot bind {host}:{port}")
-    server.start()
-    return server, bound
+def make_echo_server(host: str = "127.0.0.1", port: int = 0) -> AioServer:
+    """A started echo server (``.port``: the port it bound; ``port=0`` picks a free one)."""
+    return AioServer(
+        lambda server: recommend_pb2_grpc.add_EchoServiceServicer_to_server(EchoServicer(), server),
+        f"{host}:{port}", [ECHO_SERVICE], SERVER_OPTIONS)
 
 
 class EchoProcess:
     """The echo server in a child process (``python -m online.echo``); a context manager."""
 
-    def __init__(
-        self, host: str = "127.0.0.1", workers: int = DEFAULT_WORKERS, timeout_s: float = 20.0
-    ) -> None:
+    def __init__(self, host: str = "127.0.0.1", timeout_s: float = 20.0) -> None:
         root = Path(__file__).resolve().parent.parent
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "online.echo", "--host", host, "--port", "0",
-             "--workers", str(workers)],
+            [sys.executable, "-m", "online.echo", "--host", host, "--port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env,
         )
         self.host = host
@@ -135,20 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m online.echo", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="handler threads")
     args = p.parse_args(argv)
     try:
-        server, port = make_echo_server(args.host, args.port, args.workers)
-    except (OSError, ValueError) as exc:
+        server = make_echo_server(args.host, args.port)
+    except OSError as exc:
         print(f"echo: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
+    print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
     while not stop.wait(0.5):
         pass
-    server.stop(grace=1.0).wait(2.0)
+    server.stop(grace=1.0)
     return 0
 
 

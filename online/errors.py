@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 
 T = TypeVar("T")
 
@@ -23,15 +24,16 @@ class NotReady(RecsysError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-def grpc_errors(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn domain errors raised by a servicer method into gRPC status codes."""
+def grpc_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn domain errors raised by an async (``grpc.aio``) servicer method into gRPC status
+    codes with their message."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> T:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except RecsysError as exc:
-            context.abort(exc.code, str(exc))
+            await context.abort(exc.code, str(exc))
             raise  # unreachable: abort raises
 
     return wrapper

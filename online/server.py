@@ -1,8 +1,9 @@
 """Server factory and the `recsys serve` main loop.
 
 ``build_server(settings, port=0)`` binds (port 0 = a free port, for tests) and returns a
-started ``ScorerServer`` with health checking and server reflection. One process per core:
-run several `recsys serve` processes on the same port (SO_REUSEPORT is on by default).
+started ``ScorerServer`` with health checking and server reflection: a ``grpc.aio`` server on
+its own event-loop thread (``online.aio_host``) that runs each Recommend inline. One process
+per core: run several `recsys serve` processes on the same port (SO_REUSEPORT is on by default).
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
+import grpc.aio
 import redis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from models.registry import default_root
 from online import metrics
+from online.aio_host import AioServer
 from online.ann.follower import IndexFollower
+from online.errors import grpc_errors
 from online.impressions import ImpressionLogger
 from online.item_feed import ItemChangeFollower
 from online.ranking import ModelHolder, default_loader
@@ -42,20 +42,31 @@ SERVICE_NAME = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].ful
 GRPC_OPTIONS = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
 
 
+class RecommendService(recommend_pb2_grpc.RecommendServiceServicer):
+    """The RPC face of ``RecommendServicer``: run inline on the server's event loop (CPU-bound
+    work, one process per core); domain errors become a gRPC status (``online.errors``)."""
+
+    def __init__(self, core: RecommendServicer) -> None:
+        self.core = core
+
+    @grpc_errors
+    async def Recommend(self, request: recommend_pb2.RecommendRequest,  # type: ignore[override]
+                        context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendResponse:
+        return self.core.Recommend(request, context)
+
+
 @dataclass
 class ScorerServer:
-    server: grpc.Server
+    host: AioServer
     port: int
     servicer: RecommendServicer
-    health: health.HealthServicer
     refresher: Refresher
     models: ModelHolder
     follower: IndexFollower | None = None
     item_changes: ItemChangeFollower | None = None
 
     def stop(self, grace: float = 2.0) -> None:
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self.host.stop(grace)
         self.refresher.stop()
         self.models.stop()
         if self.follower is not None:
@@ -128,7 +139,7 @@ def _preload_items(store: StateStore, n: int) -> None:
 
 
 def build_server(settings: Settings, *, port: int | None = None, store: StateStore | None = None,
-                 log_impressions: bool = True, max_workers: int = 16, ann: Any = None) -> ScorerServer:
+                 log_impressions: bool = True, ann: Any = None) -> ScorerServer:
     store = store or RedisStore(
         resolve_redis_url(settings), Keys(settings.redis_prefix), timeout_ms=settings.redis_timeout_ms,
         catalog_ttl_s=settings.catalog_ttl_s, item_stats_ttl_s=settings.item_stats_ttl_s,
@@ -144,21 +155,17 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
     refresher.refresh_once()
     refresher.start()
     _preload_items(store, settings.item_preload)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
-    recommend_pb2_grpc.add_RecommendServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     bind_port = settings.grpc_port if port is None else port
-    bound = server.add_insecure_port(f"{settings.grpc_host}:{bind_port}")
-    if bound == 0:
-        raise RuntimeError(f"cannot bind gRPC on {settings.grpc_host}:{bind_port}")
-    server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return ScorerServer(server, bound, servicer, health_servicer, refresher, models, follower,
-                        item_changes)
+    try:
+        host = AioServer(
+            lambda server: recommend_pb2_grpc.add_RecommendServiceServicer_to_server(
+                RecommendService(servicer), server),
+            f"{settings.grpc_host}:{bind_port}", [SERVICE_NAME], GRPC_OPTIONS)
+    except OSError as exc:
+        refresher.stop()
+        models.stop()
+        raise RuntimeError(str(exc)) from exc
+    return ScorerServer(host, host.port, servicer, refresher, models, follower, item_changes)
 
 
 def serve(settings: Settings, workers: int | None = None, worker_index: int = 0) -> int:

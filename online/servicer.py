@@ -15,19 +15,18 @@ import time
 import uuid
 from typing import Any
 
-import grpc
 import numpy as np
 
 from online import metrics
 from online import retrieval as R
 from online import scorer as S
-from online.errors import InvalidArgument, grpc_errors
+from online.errors import InvalidArgument
 from online.features import COL, FeatureBatch, ItemColumns, assemble_columns
 from online.impressions import ImpressionLogger
 from online.ranking import HeuristicRanker, ModelHolder, Ranker, value_scores
 from online.rerank import Exploration, diversify, explore
 from online.store import StateStore, UserState
-from proto import codecs, events_pb2, recommend_pb2, recommend_pb2_grpc
+from proto import codecs, events_pb2, recommend_pb2
 from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ def validate_request(req: recommend_pb2.RecommendRequest, s: Settings) -> tuple[
 EVENT_TIME_HEADER = "x-recsys-event-time-ms"
 
 
-def event_time_ms(context: grpc.ServicerContext, s: Settings) -> int:
+def event_time_ms(context: Any, s: Settings) -> int:
     """The request's event time: wall time, unless the caller sends ``x-recsys-event-time-ms``
     metadata (a simulator running a faster clock, a replay) within the allowed skew. The
     impression is stamped with it, so the label join attributes that caller's clicks."""
@@ -99,7 +98,10 @@ class FallbackList:
         metrics.FALLBACK_SIZE.set(len(self.items))
 
 
-class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
+class RecommendServicer:
+    """The Recommend logic (synchronous; ``online.server`` puts it behind the RPC, where domain
+    errors such as ``InvalidArgument`` become a gRPC status)."""
+
     def __init__(self, settings: Settings, store: StateStore,
                  impressions: ImpressionLogger | None = None, models: ModelHolder | None = None,
                  ann_index: Any = None) -> None:
@@ -130,8 +132,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         return self.heuristic
 
     # --- RPC -------------------------------------------------------------------------------
-    @grpc_errors
-    def Recommend(self, request: recommend_pb2.RecommendRequest, context: grpc.ServicerContext
+    def Recommend(self, request: recommend_pb2.RecommendRequest, context: Any
                   ) -> recommend_pb2.RecommendResponse:
         t0 = time.perf_counter()
         k, surface = validate_request(request, self.s)

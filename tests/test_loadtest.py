@@ -28,7 +28,7 @@ REPORT_KEYS = {"target_rps", "achieved_rps", "p50_ms", "p90_ms", "p99_ms", "p999
 
 @pytest.fixture(scope="module")
 def echo() -> Iterator[EchoProcess]:
-    with EchoProcess(workers=8) as server:
+    with EchoProcess() as server:
         yield server
 
 

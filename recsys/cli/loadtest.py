@@ -57,7 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size")
     p.add_argument("--timeout-ms", type=float, default=1000.0, help="per-call deadline")
     p.add_argument("--channels", type=int, default=4, help="HTTP/2 connections (round robin)")
-    p.add_argument("--echo-workers", type=int, default=16, help="threads of the own echo server")
     p.add_argument("--seed", type=int, help="request mix seed (default: settings sim_seed)")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--plot", type=Path, help="write a PNG latency plot here (needs matplotlib)")
@@ -98,7 +97,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             if args.address:
                 address = parse_address(args.address)
             elif args.target == "echo":
-                echo = stack.enter_context(EchoProcess(workers=args.echo_workers))
+                echo = stack.enter_context(EchoProcess())
                 address = echo.address
                 print(f"[loadtest] echo server started in a subprocess on {address}",
                       file=sys.stderr)
