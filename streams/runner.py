@@ -91,8 +91,8 @@ def run_stream(
             epoch_interval=timedelta(seconds=epoch_s),
             recovery_config=recovery,
         )
-    except BytewaxRuntimeError as exc:
-        if not (stop_requested.is_set() or stopped_by_signal(exc)):
+    except BytewaxRuntimeError:
+        if not stop_requested.is_set():
             raise
         log.info("dataflow %s stopped by a signal%s", flow_id,
                  " (it resumes from its last recovery snapshot)" if recovery else "")
@@ -102,8 +102,9 @@ def run_stream(
 
 def _stop_on_signals() -> threading.Event:
     """SIGINT and SIGTERM raise KeyboardInterrupt (Bytewax's run loop stops on it) and set the
-    returned event: the stop is known to be requested even when the interrupt surfaces from a
-    step in another shape (seen: confluent-kafka's ``consume`` turning it into a SystemError)."""
+    returned event: the stop is known to be requested whatever shape the interrupt takes when
+    Bytewax reports it ("signal received" from its run loop, or a step's error caused by
+    KeyboardInterrupt, or by a SystemError from confluent-kafka's ``consume``)."""
     requested = threading.Event()
 
     def handler(signum: int, frame: object) -> None:
@@ -115,16 +116,3 @@ def _stop_on_signals() -> threading.Event:
             signal.signal(sig, handler)
     return requested
 
-
-def stopped_by_signal(exc: BaseException) -> bool:
-    """Bytewax reports Ctrl-C / SIGINT as a ``BytewaxRuntimeError``: "signal received" from its
-    run loop, or an error whose cause is the ``KeyboardInterrupt`` raised inside a step. That
-    is the requested, clean stop, not a failure (no traceback)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt) or "signal received" in str(e):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
