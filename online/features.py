@@ -19,6 +19,7 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -237,8 +238,10 @@ def assemble_columns(
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         log_views = np.log1p(np.exp2(np.where(known, views, 0.0) - decay_exponent(now_ms, half_life_s)))
         vs_user = np.log(price / user_mean) if user_mean > 0 else np.zeros(n)
-    dense[:, COL["u_cat_pref"]] = [prefs.get(c, 0.0) for c in cats] if prefs else 0.0
-    dense[:, COL["s_cat_aff"]] = [session_affinity.get(c, 0.0) for c in cats] if session_affinity else 0.0
+    if prefs:  # map(dict.get): per-item lookups without a Python frame each
+        dense[:, COL["u_cat_pref"]] = np.fromiter(map(prefs.get, cats, repeat(0.0)), np.float64, n)
+    if session_affinity:
+        dense[:, COL["s_cat_aff"]] = np.fromiter(map(session_affinity.get, cats, repeat(0.0)), np.float64, n)
     dense[:, COL["covisit"]] = retrieval.covisit
     dense[:, COL["popular"]] = retrieval.popular
     dense[:, COL["log_views"]] = np.where(known, log_views, 0.0)
@@ -247,7 +250,8 @@ def assemble_columns(
     dense[:, COL["log_price"]] = np.log1p(price)
     dense[:, COL["price_vs_user"]] = np.where(price > 0, vs_user, 0.0)
     dense[:, COL["log_user_events"]] = math.log1p(sum(int(v) for v in (uf.get("counts") or {}).values()))
-    dense[:, COL["in_session"]] = [i in last_viewed for i in item_ids] if last_viewed else 0.0
+    if last_viewed:
+        dense[:, COL["in_session"]] = np.fromiter(map(last_viewed.__contains__, item_ids), np.float64, n)
     dense[:, COL["n_sources"]] = retrieval.n_sources
     return FeatureBatch(item_ids, cats, items.brand, constants, dense, items.hashes)
 

@@ -52,7 +52,7 @@ class CovisitSource:
     """Items co-viewed with the session's last-N viewed items (recency-weighted)."""
 
     store: Any
-    quota: int = 200
+    quota: int = 150
     per_item: int = 50
     name: str = "covisit"
 
@@ -72,7 +72,7 @@ class SessionAnnSource:
     most recent weighted most: the session's item2vec / two-tower neighbourhood."""
 
     index: Callable[[], Any]  # -> AnnIndex | None (the follower's current index)
-    quota: int = 200
+    quota: int = 150
     name: str = "ann"
 
     def fetch(self, q: Query) -> Rows:
@@ -139,7 +139,7 @@ class NewItemsSource:
 @dataclass
 class PopularSource:
     store: Any
-    quota: int = 200
+    quota: int = 150
     name: str = "popular"
 
     def fetch(self, q: Query) -> Rows:
@@ -154,7 +154,7 @@ class TopSellersSource:
     """Global top sellers, from the in-memory fallback list (no I/O)."""
 
     items: Callable[[], list[str]]
-    quota: int = 100
+    quota: int = 50
     name: str = "top_sellers"
 
     def fetch(self, q: Query) -> Rows:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
+from operator import itemgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -76,11 +77,17 @@ def merge_candidates(
     limit: int,
     exclude: frozenset[str] | set[str] = frozenset(),
 ) -> Candidates:
-    """Merge per-source results in source priority order, de-duplicated, capped at ``limit``
-    items (an item already in keeps collecting scores of later sources); each item keeps
-    every source's normalised score (the best if a source lists it twice)."""
+    """Merge per-source results (sources in priority order, rows best first), de-duplicated,
+    into at most ``limit`` items; each item keeps every source's normalised score (the best
+    if a source lists it twice), also of sources that came after it.
+
+    When the sources offer more than ``limit`` items, each source is first given a share of
+    ``limit`` in proportion to the rows it offers (its best items not yet in), so that a
+    low-priority source (new items, top sellers) is not crowded out by the ones before it;
+    the slots the shares leave free (an item two sources offer takes one) go to the
+    remaining rows in priority order."""
     names: list[str] = []
-    ids: list[str] = []
+    lists: list[tuple[str, ...]] = []
     cols: list[int] = []
     norms = []
     for name, rows in sources:
@@ -89,13 +96,18 @@ def merge_candidates(
         if name not in names:
             names.append(name)
         got, scores = zip(*rows, strict=True)
-        ids += got
+        lists.append(got)
         cols += [names.index(name)] * len(got)
         norms.append(normalise(np.asarray(scores, dtype=np.float64)))
-    first = dict.fromkeys(ids)  # first appearance order = priority order
-    for item in first.keys() & exclude if exclude else ():
-        del first[item]
-    kept = list(islice(first, limit))
+    ids = [i for got in lists for i in got]
+    offered = len(ids)
+    if offered <= limit:  # everything fits: first appearance order = priority order
+        chosen = dict.fromkeys(ids)
+        for item in [i for i in exclude if i in chosen]:  # exclude is small: session, purchases
+            del chosen[item]
+    else:
+        chosen = _fair_shares(lists, limit, exclude, offered)
+    kept = list(chosen)
     pos = dict(zip(kept, range(len(kept)), strict=True))
     at = np.fromiter(map(pos.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
     ok = at >= 0
@@ -103,6 +115,29 @@ def merge_candidates(
     if len(ids):
         np.maximum.at(matrix, (at[ok], np.asarray(cols, dtype=np.int64)[ok]), np.concatenate(norms)[ok])
     return Candidates(kept, tuple(names), matrix)
+
+
+def _fair_shares(lists: Sequence[Sequence[str]], limit: int, exclude: frozenset[str] | set[str],
+                 offered: int) -> dict[str, None]:
+    """The ``limit`` items of ``merge_candidates`` (an insertion-ordered dict): each list's
+    share first, then the rest in priority order."""
+    chosen: dict[str, None] = {}
+    taken_upto = []
+    for got in lists:  # pass 1: each list's share of new items
+        share, j, n = limit * len(got) // offered, 0, len(chosen)
+        while len(chosen) - n < share and j < len(got):
+            item = got[j]
+            j += 1
+            if item not in chosen and item not in exclude:
+                chosen[item] = None
+        taken_upto.append(j)
+    for got, j in zip(lists, taken_upto, strict=True):  # pass 2: free slots, priority order
+        for item in islice(got, j, None):
+            if len(chosen) >= limit:
+                return chosen
+            if item not in exclude:
+                chosen.setdefault(item)
+    return chosen
 
 
 def combine_related(lists: Sequence[Sequence[tuple[str, float]]], recency_decay: float = 0.7
@@ -114,10 +149,13 @@ def combine_related(lists: Sequence[Sequence[tuple[str, float]]], recency_decay:
     for rank, rows in enumerate(lists):
         if not rows:
             continue
-        top = max(s for _, s in rows)
-        for item, s in rows:
-            agg[item] = agg.get(item, 0.0) + (recency_decay**rank) * 2.0 ** (s - top)
-    return sorted(agg.items(), key=lambda kv: (-kv[1], kv[0]))
+        items, scores = zip(*rows, strict=True)
+        s = np.asarray(scores, dtype=np.float64)
+        weights = (recency_decay**rank) * np.exp2(s - s.max())
+        for item, w in zip(items, weights.tolist(), strict=True):
+            agg[item] = agg.get(item, 0.0) + w
+    by_id = sorted(agg.items())  # then a stable sort: best first, ties by id
+    return sorted(by_id, key=itemgetter(1), reverse=True)
 
 
 def category_affinity(last_viewed: Sequence[str], category_of: Mapping[str, str]) -> dict[str, float]:

@@ -231,8 +231,8 @@ class RecommendServicer:
         is built only for the items that may be served."""
         if probs is None:
             return []
-        for head, col in (("click", 0), ("cart", 1), ("purchase", 2)):
-            metrics.child(metrics.PREDICTED, head).set(float(probs[:, col].mean()))
+        for head, mean in zip(("click", "cart", "purchase"), probs.mean(axis=0).tolist(), strict=True):
+            metrics.child(metrics.PREDICTED, head).set(mean)
         values = value_scores(probs, items.price, self.s.value_revenue_weight,
                               self.s.value_click_weight)
         if arm == "popular":

@@ -31,6 +31,7 @@ import redis
 from online import metrics
 from online.features import ItemColumns, catalog_part, stats_part
 from online.item_table import ItemTable
+from online.redis_wire import Wire
 from proto import codecs
 from proto.keys import Keys
 
@@ -133,25 +134,18 @@ class RedisStore:
         self.table = ItemTable()
         self._evict_lock = threading.Lock()
         self._lists: TtlCache[Rows] = TtlCache(list_ttl_s, 200_000)
-        self._local = threading.local()  # .conn: this thread's connection for ``_roundtrip``
+        self._local = threading.local()  # .wire: this thread's connection for ``_roundtrip``
 
     def _roundtrip(self, *commands: tuple[Any, ...], timeout_s: float | None = None) -> list[Any]:
-        """Send ``commands`` in one write and read their raw replies: a pipeline without
-        redis-py's per-call machinery (retry wrapper, pool checkout, reply callbacks, reset),
-        which costs more CPU than Redis spends answering. Each thread keeps one connection.
-        Any error drops the connection (no half-read reply is left for the next request).
-        ``timeout_s`` replaces the request-path socket timeout for these replies (warm-up)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.client.connection_pool.make_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            if timeout_s is None:
-                return [conn.read_response() for _ in commands]
-            return [conn.read_response(timeout=timeout_s) for _ in commands]
-        except BaseException:
-            conn.disconnect()
-            raise
+        """Send ``commands`` in one write and read their raw replies (``online.redis_wire``:
+        a pipeline without redis-py's per-command machinery, which costs more CPU than Redis
+        spends answering). Each thread keeps one connection; an I/O error drops it, so no
+        half-read reply is left for the next request. ``timeout_s`` replaces the request
+        path's socket timeout for these replies (warm-up)."""
+        wire = getattr(self._local, "wire", None)
+        if wire is None or wire.broken:
+            wire = self._local.wire = Wire(self.client)
+        return wire.roundtrip(commands, timeout_s)
 
     # --- per user (never cached) ---------------------------------------------------------
     def user_state(self, user_id: str) -> UserState:

@@ -330,3 +330,22 @@ def test_merge_keeps_every_source_score_in_priority_order():
     views = np.array([5.0, 5.0, 0.5])
     assert policy.pool_mask(cands, views).tolist() == [
         policy.in_pool(cands.sources_of(j), views[j]) for j in range(3)] == [False, True, True]
+
+
+def test_merge_gives_each_source_a_share_when_they_offer_more_than_the_limit():
+    """Sources offering more than the limit: a low-priority source (new items) keeps its
+    proportional share instead of being crowded out by the ones before it."""
+    covisit = [(f"a{j}", float(100 - j)) for j in range(80)]
+    ann = [(f"b{j}", float(50 - j)) for j in range(40)] + [("a0", 1.0)]
+    new = [(f"n{j}", float(10 - j)) for j in range(10)]
+    cands = merge_candidates([("covisit", covisit), ("ann", ann), ("new_items", new)],
+                             limit=40, exclude={"a1"})
+    ids = cands.item_ids
+    assert len(ids) == 40 and len(set(ids)) == 40 and "a1" not in ids
+    first = [cands.sources_of(j)[0] for j in range(40)]
+    # shares of 40 in proportion to 80 / 41 / 10 rows offered: 24 / 12 / 3, the rest by priority
+    assert (first.count("covisit"), first.count("ann"), first.count("new_items")) == (25, 12, 3)
+    assert [i for i in ids if i.startswith("n")] == ["n0", "n1", "n2"]  # each source's best
+    assert cands.sources_of(ids.index("a0")) == ("covisit", "ann")
+    everything = merge_candidates([("covisit", covisit[:20]), ("new_items", new)], limit=40)
+    assert everything.item_ids == [i for i, _ in covisit[:20] + new]  # all fit: priority order

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hnswlib
 import msgpack
@@ -286,10 +286,11 @@ class AnnIndex:
         with self._lock.read():
             want = min(k + len(skip), len(self._label_of))
             labels, dists = self._search(q, want)
-            id_of = self._id_of
-            hits = [(item, 1.0 - d) for lb, d in zip(labels.tolist(), dists.tolist(), strict=True)
-                    if (item := id_of[lb]) is not None and item not in skip]
-        return hits[:k]
+            items = list(map(self._id_of.__getitem__, labels.tolist()))
+        hits = list(zip(items, (1.0 - dists).tolist(), strict=True))  # C loops: the common case
+        if None in items or not skip.isdisjoint(items):  # tombstones or excluded ids among them
+            hits = [h for h in hits if h[0] is not None and h[0] not in skip]
+        return cast(list[tuple[str, float]], hits[:k])
 
     def _search(
         self, q: npt.NDArray[np.float32], want: int
