@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import chain, filterfalse, pairwise, repeat
 from operator import itemgetter
 
 import numpy as np
@@ -81,33 +81,33 @@ def merge_candidates(
     into at most ``limit`` items; each item keeps every source's normalised score (the best
     if a source lists it twice), also of sources that came after it.
 
-    When the sources offer more than ``limit`` items, each source is first given a share of
-    ``limit`` in proportion to the rows it offers (its best items not yet in), so that a
-    low-priority source (new items, top sellers) is not crowded out by the ones before it;
-    the slots the shares leave free (an item two sources offer takes one) go to the
-    remaining rows in priority order."""
+    An item belongs to the first source that offers it. When the sources bring more than
+    ``limit`` items, each is first given a share of ``limit`` in proportion to the items it
+    brings (its best first), so that a low-priority source (new items, top sellers) is not
+    crowded out by the ones before it; the slots left by rounding go to the remaining items
+    in priority order."""
     names: list[str] = []
-    lists: list[tuple[str, ...]] = []
+    ids: list[str] = []
     cols: list[int] = []
     norms = []
+    first: dict[str, None] = {}  # first appearance order = priority order
+    bounds = [0]  # first[bounds[s]:bounds[s + 1]]: the items source s brings
     for name, rows in sources:
         if not rows:
             continue
         if name not in names:
             names.append(name)
         got, scores = zip(*rows, strict=True)
-        lists.append(got)
+        ids += got
         cols += [names.index(name)] * len(got)
         norms.append(normalise(np.asarray(scores, dtype=np.float64)))
-    ids = [i for got in lists for i in got]
-    offered = len(ids)
-    if offered <= limit:  # everything fits: first appearance order = priority order
-        chosen = dict.fromkeys(ids)
-        for item in [i for i in exclude if i in chosen]:  # exclude is small: session, purchases
-            del chosen[item]
-    else:
-        chosen = _fair_shares(lists, limit, exclude, offered)
-    kept = list(chosen)
+        first.update(zip(got, repeat(None)))
+        bounds.append(len(first))
+    keys = list(first)
+    brought = [keys[a:b] for a, b in pairwise(bounds)]
+    if exclude and not exclude.isdisjoint(keys):
+        brought = [list(filterfalse(exclude.__contains__, part)) for part in brought]
+    kept = _shares(brought, limit)
     pos = dict(zip(kept, range(len(kept)), strict=True))
     at = np.fromiter(map(pos.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
     ok = at >= 0
@@ -117,27 +117,17 @@ def merge_candidates(
     return Candidates(kept, tuple(names), matrix)
 
 
-def _fair_shares(lists: Sequence[Sequence[str]], limit: int, exclude: frozenset[str] | set[str],
-                 offered: int) -> dict[str, None]:
-    """The ``limit`` items of ``merge_candidates`` (an insertion-ordered dict): each list's
-    share first, then the rest in priority order."""
-    chosen: dict[str, None] = {}
-    taken_upto = []
-    for got in lists:  # pass 1: each list's share of new items
-        share, j, n = limit * len(got) // offered, 0, len(chosen)
-        while len(chosen) - n < share and j < len(got):
-            item = got[j]
-            j += 1
-            if item not in chosen and item not in exclude:
-                chosen[item] = None
-        taken_upto.append(j)
-    for got, j in zip(lists, taken_upto, strict=True):  # pass 2: free slots, priority order
-        for item in islice(got, j, None):
-            if len(chosen) >= limit:
-                return chosen
-            if item not in exclude:
-                chosen.setdefault(item)
-    return chosen
+def _shares(brought: list[list[str]], limit: int) -> list[str]:
+    """``limit`` of the items the sources bring (disjoint lists, priority order): each
+    source's proportional share first, then what rounding left, in priority order."""
+    total = sum(map(len, brought))
+    if total <= limit:
+        return list(chain.from_iterable(brought))
+    shares = [limit * len(part) // total for part in brought]
+    kept = list(chain.from_iterable(part[:n] for part, n in zip(brought, shares, strict=True)))
+    for part, n in zip(brought, shares, strict=True):
+        kept += part[n: n + limit - len(kept)]
+    return kept
 
 
 def combine_related(lists: Sequence[Sequence[tuple[str, float]]], recency_decay: float = 0.7
