@@ -3,10 +3,11 @@
 A source that fails or has nothing is skipped (counted per source); only losing the user state
 itself sends a request to the fallback list. Each source returns ``[(item_id, score)]`` best
 first; ``online.scorer.merge_candidates`` merges them in priority order, de-duplicated and
-tagged with every source that proposed each item, giving each source a share of the candidates
-in proportion to the items it brings (the quotas below offer 650 rows for 500 candidates). A source that reads shared lists from the
-store names them (``lists``) so that ``retrieve`` can have the store read every list the
-request misses in one round trip before the sources run.
+tagged with every source that proposed each item, giving each source a share of the
+candidates in proportion to the items it brings (the quotas below offer 650 rows for 500
+candidates). A source that reads shared lists from the store names them (``lists``) so that
+``retrieve`` can have the store read every list the request misses in one round trip before
+the sources run.
 """
 
 from __future__ import annotations
