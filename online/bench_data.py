@@ -3,6 +3,7 @@ layout and codecs, so the scorer reads it exactly as it reads the dataflows' sta
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from proto import codecs
 from proto.keys import Keys
 from recsys.settings import Settings
 from streams.features import decay_exponent
+from streams.redis_sink import Write, apply_writes
 
 CHUNK = 10_000
 
@@ -37,15 +39,11 @@ def load_items(client: redis.Redis, s: Settings, n_items: int, n_users: int, *, 
     prices = np.exp(rng.normal(3.5, 0.8, n_items)).round(2)
 
     def item(pipe: Any, j: int) -> None:
-        cat, price, v = f"c{cats[j]}", float(prices[j]), float(views[j])
+        cat, price = f"c{cats[j]}", float(prices[j])
         pipe.set(k.item_catalog(f"i{j}"), codecs.encode({
             "title": f"item {j}", "category": cat, "brand": f"b{j % 5000}", "price": price,
             "rating": 4.0, "active": True, "updated": now}))
-        pipe.set(k.item_features(f"i{j}"), codecs.encode({
-            "imp": base + v + 3, "views": base + v, "clicks": base + v - 4, "carts": base + v - 6,
-            "purch": base + v - 7, "trend": base + v, "n": int(2**v), "last": now,
-            "ctr": 0.02 + 0.04 * (j % 7) / 7, "cvr": 0.05, "cat": cat, "brand": f"b{j % 5000}",
-            "price": price}))
+        pipe.set(k.item_features(f"i{j}"), item_stats(j, cat, price, base, float(views[j]), now))
     _pipe_chunks(client, n_items, item)
     for start in range(0, n_items, CHUNK * 10):
         end = min(n_items, start + CHUNK * 10)
@@ -78,10 +76,69 @@ def load_items(client: redis.Redis, s: Settings, n_items: int, n_users: int, *, 
             "pref": prefs, "price_mean": 40.0, "price_std": 20.0, "purchases": 3,
             "counts": {"view": 40, "click": 6}, "last": now, "country": "DE", "age": "", "signup": 0}))
     _pipe_chunks(client, n_users, user)
-    out: dict[str, Any] = {"covisit_lists": n_covis, "categories": n_categories}
+    out: dict[str, Any] = {"covisit_lists": n_covis, "categories": n_categories,
+                           "prices": prices, "item_categories": cats}
     if with_vectors:
         out.update(_vectors(client, s, k, cats, rng, dim))
     return out
+
+
+def item_stats(j: int, cat: str, price: float, base: float, views: float, now: int,
+               ctr: float | None = None) -> bytes:
+    """Item j's stats value, as the feature dataflow writes it (decayed counters as log2:
+    ``base`` is the decay exponent at ``now``, ``views`` the item's log2 view count)."""
+    v = base + views
+    return codecs.encode({
+        "imp": v + 3, "views": v, "clicks": v - 4, "carts": v - 6,
+        "purch": v - 7, "trend": v, "n": int(2**views), "last": now,
+        "ctr": 0.02 + 0.04 * (j % 7) / 7 if ctr is None else ctr, "cvr": 0.05, "cat": cat,
+        "brand": f"b{j % 5000}", "price": price})
+
+
+class ItemChurn:
+    """What the feature dataflow does to items while the scorer serves: ``rate`` item stats
+    rewritten per second (items drawn by popularity, Zipf-like as the load), each batch
+    announced on the item changelog after its writes (``streams.redis_sink``), 10 batches a
+    second, in a background thread. Scorers then re-read those rows on their next use."""
+
+    def __init__(self, client: redis.Redis, s: Settings, loaded: dict[str, Any], rate: float,
+                 seed: int) -> None:
+        self.client, self.keys, self.rate = client, Keys(s.redis_prefix), rate
+        self.prices, self.cats = loaded["prices"], loaded["item_categories"]
+        self.half_life_s = s.popularity_half_life_s
+        self.rng = np.random.default_rng(seed)
+        self.written = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="item-churn", daemon=True)
+
+    def __enter__(self) -> ItemChurn:
+        if self.rate > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        n_items, per_batch = len(self.prices), max(1, round(self.rate / 10))
+        t_next = time.monotonic()
+        while not self._stop.is_set():
+            now = int(time.time() * 1000)
+            base = decay_exponent(now, self.half_life_s)
+            picks = np.minimum(self.rng.zipf(1.3, per_batch) - 1, n_items - 1).tolist()
+            writes = []
+            for j in picks:
+                views = float(np.log2(1e4 / (j + 1) ** 0.8)) + 0.01
+                writes.append(Write("set", self.keys.item_features(f"i{j}"), item_stats(
+                    j, f"c{self.cats[j]}", float(self.prices[j]), base, views, now,
+                    ctr=float(self.rng.uniform(0.01, 0.08)))))
+                writes.append(Write("notify", self.keys.item_changelog(), f"i{j}"))
+            apply_writes(self.client, writes)
+            self.written += len(picks)
+            t_next += 0.1
+            self._stop.wait(max(0.0, t_next - time.monotonic()))
 
 
 def _vectors(client: redis.Redis, s: Settings, k: Keys, cats: np.ndarray, rng: np.random.Generator,
@@ -128,4 +185,4 @@ def prepare_ranker(s: Settings, original: Settings) -> str:
     return f"{s.ranker_model} (untrained weights: latency only)"
 
 
-__all__ = ["load_items", "prepare_ranker"]
+__all__ = ["ItemChurn", "item_stats", "load_items", "prepare_ranker"]

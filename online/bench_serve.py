@@ -11,7 +11,10 @@
    measures p50/p99 at half of Recommend's max; reads per-stage p99s from
    the scorer's metrics. Load starts once every worker has preloaded its item rows
    (``item_preload``); with several workers the load uses 128 connections per worker, so
-   SO_REUSEPORT's per-connection hash spreads it evenly.
+   SO_REUSEPORT's per-connection hash spreads it evenly. While the load runs, a thread plays
+   the feature dataflow: ``--item-changes-per-s`` item stats rewritten and announced on the
+   item changelog (``bench_data.ItemChurn``), so the scorers re-read changed rows as they
+   do in production.
 Starts an embedded broker and redis unless RECSYS_KAFKA_BOOTSTRAP / RECSYS_REDIS_URL are set.
 """
 
@@ -29,7 +32,7 @@ from typing import Any
 
 import redis
 
-from online.bench_data import load_items, prepare_ranker
+from online.bench_data import ItemChurn, load_items, prepare_ranker
 from online.echo import EchoProcess
 from recsys import supervisor as sv
 from recsys.embedded.redis_server import free_port
@@ -53,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="scorer processes on one port (SO_REUSEPORT); default one per core")
     p.add_argument("--no-ann", action="store_true", help="skip vectors / the HNSW source")
+    p.add_argument("--item-changes-per-s", type=float, default=1000.0,
+                   help="item stats rewritten and announced per second during the load, as the "
+                        "feature dataflow would (popular items most often); 0: a frozen catalog")
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--seed", type=int, default=3)
 
@@ -109,7 +115,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
     loaded = load_items(client, s, args.items, args.users, with_vectors=not args.no_ann,
                         seed=args.seed)
     print(f"loaded {args.items} items / {args.users} users in {time.perf_counter() - t0:.0f}s: "
-          f"{loaded}", flush=True)
+          f"{ {k: v for k, v in loaded.items() if not hasattr(v, 'shape')} }", flush=True)
     model = prepare_ranker(s, original)
     print(f"ranker: {model}", flush=True)
     proc = subprocess.Popen([sys.executable, "-m", "recsys.cli.main", "serve",
@@ -124,13 +130,15 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         make = recommend_requests(users=args.users, k=args.k, seed=args.seed)
         # connections spread over the workers by SO_REUSEPORT's hash: many, for an even split
         channels = 4 if args.workers == 1 else 128 * args.workers
-        run_open_loop("recommend", address, 20, 5, make, channels=channels)  # warm up
-        rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
-                                     args.slo_ms, make, channels, args.retries)
-        half = max(rec_max / 2, 10.0)
-        before = sv.scrape(s.serve_metrics_port)  # stage percentiles: the half-load run only
-        rep = run_open_loop("recommend", address, half, args.step_s * 2, make, channels=channels).report()
-        after = sv.scrape(s.serve_metrics_port)
+        with ItemChurn(client, s, loaded, args.item_changes_per_s, args.seed) as churn:
+            run_open_loop("recommend", address, 20, 5, make, channels=channels)  # warm up
+            rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
+                                         args.slo_ms, make, channels, args.retries)
+            half = max(rec_max / 2, 10.0)
+            before = sv.scrape(s.serve_metrics_port)  # stage percentiles: the half-load run only
+            rep = run_open_loop("recommend", address, half, args.step_s * 2, make,
+                                channels=channels).report()
+            after = sv.scrape(s.serve_metrics_port)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -142,6 +150,8 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "recommend_max_rps": rec_max, "ratio": round(rec_max / echo_max, 4) if echo_max else None,
         "p50_ms": rep["p50_ms"], "p99_ms": rep["p99_ms"], "half_load_rps": half,
         "half_load_degraded_rate": rep["degraded_rate"], "stage_p99_ms": stage_p99(before, after),
+        "item_changes_per_s": args.item_changes_per_s, "item_changes_written": churn.written,
+        "item_changes_read_worker0": sum(v for _, v in after.get("recsys_serve_item_changes_total", [])),
         "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8, "slo_ms": args.slo_ms,
         "model": model,
         "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,

@@ -2,79 +2,144 @@
 
 The feature dataflow's Redis sink XADDs the ids of the items each batch changed (stats or
 catalog row) to ``Keys.item_changelog`` AFTER the writes themselves. This thread reads it
-with ``XREAD BLOCK`` and invalidates those items' rows in the ``ItemTable``; the next request
-that needs one re-reads it (``RedisStore.item_columns``). So a click's effect on an item's
-CTR reaches ranking within the feed's latency (milliseconds), while an unchanged item costs no
-Redis read at all. After a Redis error the follower cannot know what it missed (the log is
-trimmed): it invalidates every row, then goes on from the log's end. The TTLs of
-``RedisStore`` remain a bound on staleness if the feed itself stops.
+with ``XREAD BLOCK`` and invalidates those items' rows (``RedisStore.invalidate``); the next
+request that needs one re-reads it. So a click's effect on an item's CTR reaches ranking
+within the feed's latency (milliseconds), while an unchanged item costs no Redis read at all.
+
+What the follower vouches for (``RedisStore.watch``, an ``online.item_table.Coverage``):
+every change announced after it pinned its place in the log (``since``) and before its
+last read that left nothing unread (``until``) has invalidated its rows. A row not
+invalidated since is as fresh as ``until``, so the TTLs (``item_stats_ttl_s``,
+``catalog_ttl_s``) only bound how far rows may lag when the follower does not keep up:
+while it fails, ``until`` stays put and rows age out as before.
+
+Nothing missed, or everything re-read:
+* after a Redis error the follower cannot know what it missed: it invalidates every row,
+  then goes on from the log's end;
+* the log is trimmed to about ``CHANGELOG_MAXLEN`` entries: when it is that long and its
+  oldest entry is newer than the follower's place, entries the follower had not read may be
+  gone, and it invalidates every row.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from typing import Any, Protocol
 
 import msgpack
 import redis
 from prometheus_client import Counter
 
-from online.item_table import ItemTable
+from online.item_table import Coverage
+from proto.keys import CHANGELOG_MAXLEN
 
 log = logging.getLogger(__name__)
 CHANGES = Counter("recsys_serve_item_changes_total", "Item change notifications read from the changelog")
 INVALIDATED = Counter("recsys_serve_item_rows_invalidated_total",
                       "In-memory item rows marked for re-read by the changelog")
+GAPS = Counter("recsys_serve_item_changelog_gaps_total",
+               "Times the item changelog follower fell behind the log's trim or lost Redis "
+               "(every held row was then invalidated)")
+
+
+class Rows(Protocol):
+    """What the follower keeps fresh (``RedisStore``)."""
+
+    def invalidate(self, ids: list[str] | None = None) -> int: ...
+    def watch(self, coverage: Coverage) -> None: ...
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 class ItemChangeFollower:
-    def __init__(self, client: Any, key: str, table: Any, block_ms: int = 1000) -> None:
-        self.client, self.key, self.block_ms = client, key, block_ms
-        self._table = table  # an ItemTable, or a callable returning the current one
+    def __init__(self, client: Any, key: str, rows: Rows, block_ms: int = 1000, count: int = 1000,
+                 maxlen: int = CHANGELOG_MAXLEN) -> None:
+        self.client, self.key, self.rows = client, key, rows
+        self.block_ms, self.count, self.maxlen = block_ms, count, maxlen
         self.last_id = "$"
+        self.since = float("inf")  # when the current place in the log was pinned (monotonic s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="item-changes", daemon=True)
 
-    @property
-    def table(self) -> ItemTable:
-        return self._table() if callable(self._table) else self._table
-
     def start(self) -> ItemChangeFollower:
+        """Pin the place in the log now (rows read from here on are covered), then follow it
+        in a background thread. A Redis error here only delays the pin to the thread."""
+        try:
+            self._pin()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("item changelog unreadable at start, rows age out by their TTLs: %s", exc)
+            self.rows.watch(Coverage())
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _pin(self) -> None:
+        """Follow from the log's current end; changes announced from now on are seen."""
+        since = time.monotonic()
+        newest = self.client.xrevrange(self.key, count=1)
+        self.last_id = _text(newest[0][0]) if newest else "0-0"
+        self.since = since
+
     def poll_once(self) -> int:
-        """Read what the log holds after ``last_id`` (waiting up to ``block_ms``) and
-        invalidate those items; returns how many ids were read."""
-        if self.last_id == "$":  # from the log's current end: pin it, so nothing after is missed
-            newest = self.client.xrevrange(self.key, count=1)
-            self.last_id = newest[0][0] if newest else "0-0"
-        reply = self.client.xread({self.key: self.last_id}, count=1000, block=self.block_ms)
-        n = 0
+        """Read what the log holds after ``last_id`` (waiting up to ``block_ms``), invalidate
+        those items, then say what is covered; returns how many ids were read."""
+        if self.last_id == "$":
+            self._pin()
+        began, before = time.monotonic(), self.last_id
+        reply = self.client.xread({self.key: before}, count=self.count, block=self.block_ms)
+        n = entries_read = 0
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
-                ids = [i.decode() if isinstance(i, bytes) else str(i)
-                       for i in msgpack.unpackb(fields.get(b"ids", b"\x90"), raw=True)]
-                INVALIDATED.inc(self.table.invalidate(ids))
+                ids = [_text(i) for i in msgpack.unpackb(fields.get(b"ids", b"\x90"), raw=True)]
+                INVALIDATED.inc(self.rows.invalidate(ids))
                 n += len(ids)
-                self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                entries_read += 1
+                self.last_id = _text(entry_id)
+        if entries_read and self._trimmed_past(before):
+            GAPS.inc()
+            log.warning("item changelog trimmed past the follower's place (%s): every row re-read",
+                        before)
+            INVALIDATED.inc(self.rows.invalidate())
         CHANGES.inc(n)
+        if entries_read < self.count:  # nothing left unread when the read began
+            self.rows.watch(Coverage(self.since, began))
         return n
+
+    def _trimmed_past(self, before: str) -> bool:
+        """Whether entries after ``before`` may have been trimmed before they were read.
+        Trimming keeps at least ``CHANGELOG_MAXLEN`` entries, so a shorter log was never
+        trimmed; else the oldest entry left (checked after the read: trimming only moves it
+        forward) must not be newer than ``before``."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(self.key)
+        pipe.xrange(self.key, count=1)
+        length, oldest = pipe.execute()
+        return length >= self.maxlen and bool(oldest) and _id_key(_text(oldest[0][0])) > _id_key(before)
 
     def _run(self) -> None:
         failing = False
         while not self._stop.is_set():
             try:
-                self.poll_once()
                 if failing:  # back: what changed meanwhile is unknown
-                    INVALIDATED.inc(self.table.invalidate())
+                    self._pin()
+                    INVALIDATED.inc(self.rows.invalidate())
                     failing = False
+                self.poll_once()
             except (redis.RedisError, OSError, ValueError) as exc:
                 if not failing:
+                    GAPS.inc()
                     log.warning("item changelog unreadable, rows fall back to their TTLs: %s", exc)
+                    self.rows.watch(Coverage())
                 failing, self.last_id = True, "$"
                 self._stop.wait(1.0)

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,15 @@ COLUMNS: dict[str, type | str] = {
     "inval_t": np.float64,  # when the row was last invalidated (monotonic s)
     "used_t": np.float64,  # when a request last gathered the row, or it was added (monotonic s)
 }
+
+
+class Coverage(NamedTuple):
+    """What the item changelog follower vouches for (monotonic seconds): every change
+    announced after ``since`` and before ``until`` has invalidated its rows. ``until``
+    -inf: nothing (no follower, or it is failing)."""
+
+    since: float = math.inf
+    until: float = -math.inf
 
 
 class ItemTable:
@@ -55,14 +65,21 @@ class ItemTable:
         """Row number per id, -1 for ids never put."""
         return self.index.rows(ids)
 
-    def stale(self, rows: npt.NDArray[np.int64], now: float, cat_ttl_s: float, stats_ttl_s: float
-              ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """(catalog part too old, stats too old) per row; unknown rows (-1) are both."""
+    def stale(self, rows: npt.NDArray[np.int64], now: float, cat_ttl_s: float, stats_ttl_s: float,
+              watched: Coverage | None = None) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """(catalog part too old, stats too old) per row; unknown and invalidated rows are both.
+
+        A part's age counts from when it was read, or, when the item changelog was being
+        watched then (``watched.since``), from the time up to which the watch has applied
+        every change (``watched.until``): no invalidation since means no change since."""
         cols = self.cols
         known = rows >= 0
         safe = np.where(known, rows, 0)
-        return (~known | (now - cols["cat_t"][safe] >= cat_ttl_s),
-                ~known | (now - cols["stats_t"][safe] >= stats_ttl_s))
+        cat_t, stats_t = cols["cat_t"][safe], cols["stats_t"][safe]
+        if watched is not None and watched.until > -math.inf:
+            cat_t = np.where(cat_t >= watched.since, np.maximum(cat_t, watched.until), cat_t)
+            stats_t = np.where(stats_t >= watched.since, np.maximum(stats_t, watched.until), stats_t)
+        return ~known | (now - cat_t >= cat_ttl_s), ~known | (now - stats_t >= stats_ttl_s)
 
     def put(self, ids: Sequence[str], cats: Sequence[CatalogPart | bool | None],
             stats: Sequence[StatsPart | bool | None], now: float) -> None:

@@ -23,6 +23,9 @@ IMPRESSIONS_DROPPED = Counter("recsys_serve_impressions_dropped_total",
                               "impressions not logged (Kafka queue full or down)")
 FALLBACK_SIZE = Gauge("recsys_serve_fallback_items", "items in the in-memory fallback list")
 ITEM_ROWS = Gauge("recsys_serve_item_rows", "item rows held in scorer memory")
+ITEM_READS = Counter("recsys_serve_item_reads_total",
+                     "item row parts read from Redis: first use, announced change, or past the TTL",
+                     ["part"])
 ITEM_EVICTIONS = Counter("recsys_serve_item_evictions_total",
                          "item rows evicted from scorer memory (least recently used first)")
 ITEM_PRELOAD = Gauge("recsys_serve_item_preload_done", "1 once the start-up item warm-up has finished")

@@ -116,7 +116,7 @@ def _item_changes(settings: Settings, store: StateStore) -> ItemChangeFollower |
         return None
     client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=5.0,
                                   socket_connect_timeout=1.0)
-    return ItemChangeFollower(client, store.keys.item_changelog(), lambda: store.table).start()
+    return ItemChangeFollower(client, store.keys.item_changelog(), store).start()
 
 
 def _preload_items(store: StateStore, n: int) -> None:

@@ -5,8 +5,8 @@
 * Item rows (``online.features.ItemColumns``: catalog fields, live stats, sparse-value
   hashes) are held in process memory, column by column (``online.item_table``). A row is
   read from Redis on first use and again when the dataflow's item changelog names it
-  (``online.item_feed``); ``item_stats_ttl_s`` / ``catalog_ttl_s`` bound its age should that
-  feed stop. The reads of one request are ONE MGET round trip. At most ``max_items`` rows are
+  (``online.item_feed``); ``item_stats_ttl_s`` / ``catalog_ttl_s`` bound how far it may lag
+  while the changelog's follower does not vouch for it (``watch``). The reads of one request are ONE MGET round trip. At most ``max_items`` rows are
   held: when a read would pass that, the table is rebuilt with the rows requests used most
   recently (3/4 of ``max_items``, less what is being read).
 * Shared lists (popular, top sellers, new items, trending per category, co-visitation per
@@ -30,7 +30,7 @@ import redis
 
 from online import metrics
 from online.features import ItemColumns, catalog_part, stats_part
-from online.item_table import ItemTable
+from online.item_table import Coverage, ItemTable
 from online.redis_wire import Wire
 from proto import codecs
 from proto.keys import Keys
@@ -132,7 +132,10 @@ class RedisStore:
         )
         self.catalog_ttl_s, self.item_stats_ttl_s, self.max_items = catalog_ttl_s, item_stats_ttl_s, max_items
         self.table = ItemTable()
+        self.watched = Coverage()  # set by the item changelog follower (``online.item_feed``)
         self._evict_lock = threading.Lock()
+        self._inval_lock = threading.Lock()  # invalidations vs the swap of a new table
+        self._copying: list[list[str] | None] | None = None  # invalidations during a copy
         self._lists: TtlCache[Rows] = TtlCache(list_ttl_s, 200_000)
         self._local = threading.local()  # .wire: this thread's connection for ``_roundtrip``
 
@@ -216,7 +219,8 @@ class RedisStore:
         now = time.monotonic()
         table = self.table
         rows = table.rows_of(ids)
-        need_cat, need_stats = table.stale(rows, now, self.catalog_ttl_s, self.item_stats_ttl_s)
+        need_cat, need_stats = table.stale(rows, now, self.catalog_ttl_s, self.item_stats_ttl_s,
+                                           self.watched)
         if need_cat.any() or need_stats.any():
             table.touch(rows[rows >= 0], now)  # in use: kept should the read make room
             table = self._read_items(ids, need_cat, need_stats, now)  # may be a new table
@@ -245,6 +249,8 @@ class RedisStore:
         if stats_ids:
             commands.append(("MGET", *(self.keys.item_features(i) for i in stats_ids)))
         res = iter(self._roundtrip(*commands, timeout_s=timeout_s))
+        metrics.child(metrics.ITEM_READS, "catalog").inc(len(cat_ids))
+        metrics.child(metrics.ITEM_READS, "stats").inc(len(stats_ids))
         cats: dict[str, Any] = dict(zip(cat_ids, (catalog_part(_decode(r)) for r in next(res)),
                                         strict=True)) if cat_ids else {}
         stats: dict[str, Any] = dict(zip(stats_ids, (stats_part(_decode(r)) for r in next(res)),
@@ -257,6 +263,21 @@ class RedisStore:
         metrics.ITEM_ROWS.set(len(table))
         return table
 
+    def invalidate(self, ids: list[str] | None = None) -> int:
+        """Mark these items' rows (all rows: None) to be re-read on their next use (the item
+        changelog follower calls it). Not lost to an eviction's copy: what arrives during
+        one is applied to the new table too. Returns how many held rows that was."""
+        with self._inval_lock:
+            n = self.table.invalidate(ids)
+            if self._copying is not None:
+                self._copying.append(ids)
+        return n
+
+    def watch(self, coverage: Coverage) -> None:
+        """What the item changelog follower now vouches for: rows read since
+        ``coverage.since`` age from ``coverage.until`` (``ItemTable.stale``)."""
+        self.watched = coverage
+
     def _make_room(self, incoming: int) -> None:
         """Swap in a table of the most recently used rows: 3/4 of ``max_items`` less the
         ``incoming`` rows, so that eviction is rare. The request that does it waits for the
@@ -266,7 +287,18 @@ class RedisStore:
             if len(table) + incoming <= self.max_items:
                 return  # another request made room meanwhile
             t0 = time.perf_counter()
-            self.table = table.keep_recent(self.max_items * 3 // 4 - incoming)
+            with self._inval_lock:
+                self._copying = []
+            kept: ItemTable | None = None
+            try:
+                kept = table.keep_recent(self.max_items * 3 // 4 - incoming)
+            finally:
+                with self._inval_lock:
+                    copying, self._copying = self._copying or [], None
+                    if kept is not None:  # what was invalidated during the copy, again
+                        for ids in copying:
+                            kept.invalidate(ids)
+                        self.table = kept
             evicted = len(table) - len(self.table)
             metrics.ITEM_EVICTIONS.inc(evicted)
             log.info("item rows: %d least recently used evicted (%d kept) in %.2f s",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 KEY_VERSION = "v1"
+# entries a change-notification STREAM keeps (XADD MAXLEN ~: never fewer once reached)
+CHANGELOG_MAXLEN = 100_000
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class Keys:
 
     def item_changelog(self) -> str:
         """STREAM of changed item ids (field "ids": msgpack list), one entry per sink batch,
-        trimmed: scorers drop their in-memory rows of those items (``online.item_feed``)."""
+        trimmed to about ``CHANGELOG_MAXLEN`` entries: scorers drop their in-memory rows of
+        those items (``online.item_feed``)."""
         return f"{self.root}:items:log"
 
     def stream_progress(self, flow: str) -> str:

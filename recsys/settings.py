@@ -103,7 +103,8 @@ class Settings:
     request_deadline_ms: float = 100.0  # past this the fallback answers (P99 target 150 ms)
     redis_timeout_ms: float = 50.0
     # item rows in scorer memory are re-read when the dataflow's item changelog names them;
-    # these bound their age if that feed stops (0 = read per request)
+    # these bound how far they may lag while that feed's follower is not keeping up
+    # (0 = read per request)
     item_stats_ttl_s: float = 60.0
     catalog_ttl_s: float = 300.0
     list_ttl_s: float = 1.0  # shared lists (popular, trending, co-visitation, ...) likewise

@@ -15,6 +15,7 @@ import msgpack
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from proto.keys import CHANGELOG_MAXLEN
 from streams import metrics
 
 
@@ -44,7 +45,6 @@ class Write(NamedTuple):
 
 
 MSET_CHUNK = 1000  # keys per MSET command
-CHANGELOG_MAXLEN = 100_000  # entries kept per change-notification stream (approximate trim)
 
 
 def apply_writes(client: redis.Redis, writes: list[Write], ttl_s: int | None = None) -> int:

@@ -77,3 +77,5 @@ def test_small_run_reports_every_key(tmp_path: Path) -> None:
         assert key in r, key
     assert r["items"] == 3000 and r["recommend_max_rps"] in (0.0, 20.0)
     assert {"user_state", "retrieval", "features", "ranking", "rerank"} <= set(r["stage_p99_ms"])
+    # the stand-in feature dataflow changed items, and the scorer followed the changelog
+    assert r["item_changes_written"] > 0 and r["item_changes_read_worker0"] > 0

@@ -20,7 +20,6 @@ from online.features import (
     CatalogPart,
     ItemColumns,
     RetrievalColumns,
-    StatsPart,
     assemble_batch,
     assemble_columns,
     catalog_part,
@@ -28,7 +27,6 @@ from online.features import (
     item_row,
     stats_part,
 )
-from online.item_feed import ItemChangeFollower
 from online.item_table import ItemTable
 from online.ranking import HeuristicRanker
 from online.rerank import Exploration
@@ -37,7 +35,6 @@ from online.store import RedisStore, UserState
 from proto import codecs
 from proto.keys import Keys
 from streams.features import decay_exponent
-from streams.redis_sink import Write, apply_writes
 
 T = 1_750_000_000_000
 H = 3600.0
@@ -263,35 +260,6 @@ def test_a_dropped_redis_connection_fails_one_read_then_reconnects(settings, red
         state = store.user_state("u1")
         assert state.last_viewed == ["a", "b"] and state.purchased == {"z"}
         assert state.session_version == 3 and store.popular(3) == []
-
-
-def test_item_changelog_keeps_rows_fresh_without_ttl(settings, redis_client):
-    """The dataflow's sink announces changed items after writing them; the follower
-    invalidates those rows, so a long-TTL table still serves the new stats."""
-    k = Keys(settings.redis_prefix)
-    store = RedisStore(settings.redis_url, k, catalog_ttl_s=3600, item_stats_ttl_s=3600)
-    apply_writes(redis_client, [Write("set", k.item_features(i), codecs.encode({"ctr": 0.01}))
-                                for i in ("a", "b")])
-    assert list(store.item_columns(["a", "b"]).ctr) == [0.01, 0.01]
-    follower = ItemChangeFollower(redis.Redis.from_url(settings.redis_url), k.item_changelog(),
-                                  lambda: store.table, block_ms=200)
-    follower.poll_once()  # nothing new yet ("$": from now on)
-    apply_writes(redis_client, [
-        Write("set", k.item_features("a"), codecs.encode({"ctr": 0.07})),
-        Write("notify", k.item_changelog(), "a"), Write("notify", k.item_changelog(), "a")])
-    assert list(store.item_columns(["a", "b"]).ctr) == [0.01, 0.01]  # not told yet: memory
-    assert follower.poll_once() == 1  # one entry, "a" once
-    assert list(store.item_columns(["a", "b"]).ctr) == [0.07, 0.01]  # a re-read, b from memory
-
-
-def test_an_invalidation_during_a_read_is_not_lost():
-    table = ItemTable()
-    table.put(["a"], [None], [StatsPart("", "", 0.0, 1.0, 0.01, 0.05)], now=10.0)
-    read_began = 20.0  # a request starts re-reading "a" ...
-    table.invalidate(["a"], now=20.5)  # ... the changelog names it meanwhile ...
-    table.put(["a"], [False], [StatsPart("", "", 0.0, 1.0, 0.02, 0.05)], now=read_began)
-    _, stale_stats = table.stale(table.rows_of(["a"]), 21.0, 3600.0, 3600.0)
-    assert stale_stats[0]  # ... so what it read may be older than the change: read again
 
 
 def test_preload_reads_the_most_viewed_items_first(settings, redis_client):
