@@ -1,8 +1,10 @@
 """Logs what was served to Kafka asynchronously: never on the latency path.
 
 ``produce`` only enqueues (librdkafka sends in its own thread); a poll thread serves the
-delivery callbacks. When Kafka is down or the queue is full, impressions are dropped and
-counted, the request still succeeds.
+delivery callbacks, which librdkafka raises for failed messages only
+(``delivery.report.only.error``: a Python call per delivered impression cost ~1.5% of a
+scorer's CPU under load). When Kafka is down or the queue is full, impressions are dropped
+and counted (``recsys_serve_impressions_dropped_total``); the request still succeeds.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class ImpressionLogger:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, timeout_ms: int = 30_000) -> None:
         self.topic = settings.topic("impressions")
         self._producer = kafka.producer(settings, **{"queue.buffering.max.messages": 100_000,
-                                                     "message.timeout.ms": 30_000})
+                                                     "message.timeout.ms": timeout_ms,
+                                                     "delivery.report.only.error": True})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="impressions", daemon=True)
         self._thread.start()
