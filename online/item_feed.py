@@ -85,11 +85,12 @@ class ItemChangeFollower:
         self._stop.set()
 
     def _pin(self) -> None:
-        """Follow from the log's current end; changes announced from now on are seen."""
-        since = time.monotonic()
+        """Follow from the log's current end: changes announced after it are seen. ``since`` is
+        taken once the end is known, so a row whose read began later cannot predate a change
+        announced at or before the end (the sink writes before it announces)."""
         newest = self.client.xrevrange(self.key, count=1)
         self.last_id = _text(newest[0][0]) if newest else "0-0"
-        self.since = since
+        self.since = time.monotonic()
 
     def poll_once(self) -> int:
         """Read what the log holds after ``last_id`` (waiting up to ``block_ms``), invalidate

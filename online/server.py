@@ -161,9 +161,15 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
             lambda server: recommend_pb2_grpc.add_RecommendServiceServicer_to_server(
                 RecommendService(servicer), server),
             f"{settings.grpc_host}:{bind_port}", [SERVICE_NAME], GRPC_OPTIONS)
-    except OSError as exc:
+    except OSError as exc:  # nothing started here may outlive the failed start
         refresher.stop()
         models.stop()
+        if follower is not None:
+            follower.stop()
+        if item_changes is not None:
+            item_changes.stop()
+        if impressions is not None:
+            impressions.close(timeout=1.0)
         raise RuntimeError(str(exc)) from exc
     return ScorerServer(host, host.port, servicer, refresher, models, follower, item_changes)
 

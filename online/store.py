@@ -6,9 +6,10 @@
   hashes) are held in process memory, column by column (``online.item_table``). A row is
   read from Redis on first use and again when the dataflow's item changelog names it
   (``online.item_feed``); ``item_stats_ttl_s`` / ``catalog_ttl_s`` bound how far it may lag
-  while the changelog's follower does not vouch for it (``watch``). The reads of one request are ONE MGET round trip. At most ``max_items`` rows are
-  held: when a read would pass that, the table is rebuilt with the rows requests used most
-  recently (3/4 of ``max_items``, less what is being read).
+  while the changelog's follower does not vouch for it (``watch``). The reads of one
+  request are ONE MGET round trip. At most ``max_items`` rows are held: when a read would
+  pass that, the table is rebuilt with the rows requests used most recently (3/4 of
+  ``max_items``, less what is being read).
 * Shared lists (popular, top sellers, new items, trending per category, co-visitation per
   item) are the same for every user: each is re-read once older than ``list_ttl_s`` (1 s).
   Retrieval names every list its sources will read up front (``prefetch``), so the lists a

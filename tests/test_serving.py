@@ -215,3 +215,18 @@ def test_event_time_metadata_stamps_the_response_and_bad_values_are_rejected(wor
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         srv.stop(0)
+
+
+def test_a_server_that_cannot_bind_stops_what_it_started(settings):
+    """No follower, reload or impression thread may outlive a failed start (the port or host
+    is unusable): a supervisor that retries must not pile them up."""
+    def ours() -> set[str]:
+        names = {"refresher", "model-reload", "ann-follower", "impressions", "item-changes"}
+        return {t.name for t in threading.enumerate() if t.name in names}
+    before = ours()
+    with pytest.raises(RuntimeError, match="cannot bind"):
+        build_server(settings.replace(grpc_host="203.0.113.1"), port=0)  # not an address of ours
+    deadline = time.monotonic() + 5
+    while ours() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not ours() - before
