@@ -1,5 +1,5 @@
-"""Ranking training sets: simulator data built through the production code paths, and real
-``training-examples`` records.
+"""Ranking training sets (``RankingData``): simulator data built through the production code
+paths. Real ``training-examples`` records load through ``models.training_examples``.
 
 Simulator data (``simulate``): the project's own closed-loop shop (``sim.shop.Shop`` on the
 seeded ``sim.world.World``, configured by ``sim.config``) runs on a ``VirtualClock``: sessions,
@@ -34,7 +34,7 @@ import heapq
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.deepfm import TASKS, FeatureHasher, encode_features
+from models.deepfm import TASKS, FeatureHasher
 from online.features import DENSE, SPARSE, assemble_batch, item_row
 from online.scorer import category_affinity, combine_related, merge_candidates
 from proto import codecs
@@ -65,7 +65,7 @@ else:
     _MISSING = None
 
 
-def _require_full_stack() -> None:
+def require_full_stack() -> None:
     if _MISSING is not None:
         raise RuntimeError(f"simulated / Kafka training data needs the full install ({_MISSING}); "
                            "a minimal machine can train from a saved .npz")
@@ -304,7 +304,7 @@ def simulate(cfg: SimConfig = SimConfig(), settings: Settings | None = None,
     ``world``: the simulator's config (default ``sim.config.load_config(settings)``: the live
     simulator's world, same item ids); its oracle arm is switched off (every visit is served
     and recorded). ``keep_log``: a list that receives every (time, topic, record) fed."""
-    _require_full_stack()
+    require_full_stack()
     t0 = time.perf_counter()
     settings = settings or Settings()
     wcfg = (world or load_config(settings)).with_(run={"oracle_share": 0.0})
@@ -341,72 +341,3 @@ def simulate(cfg: SimConfig = SimConfig(), settings: Settings | None = None,
         log(f"simulate: {len(data)} rows in {data.meta['build_s']}s, "
             f"rates {', '.join(f'{k} {v:.4f}' for k, v in data.rates().items())}")
     return data
-
-
-# --- real training-examples (the label join's output) ---------------------------------------
-
-
-def load_training_examples(records: Iterable[bytes | events_pb2.TrainingExample]) -> RankingData:
-    """TrainingExample protobufs (Kafka values) -> RankingData, keeping the latest version of
-    each ``example_id`` (corrections carry delayed purchases). Features are decoded from the
-    msgpack logged by the scorer and encoded exactly as at serving time."""
-    _require_full_stack()
-    latest: dict[str, events_pb2.TrainingExample] = {}
-    for rec in records:
-        if isinstance(rec, bytes | bytearray):
-            ex = events_pb2.TrainingExample()
-            ex.ParseFromString(bytes(rec))
-        else:
-            ex = rec
-        prev = latest.get(ex.example_id)
-        if prev is None or ex.version >= prev.version:
-            latest[ex.example_id] = ex
-    rows = sorted(latest.values(), key=lambda e: (e.impression_time_ms, e.request_id, e.position))
-    feats = [codecs.unpack_features(e.features) for e in rows]
-    sparse, dense = encode_features(feats)
-    req_ids: dict[str, int] = {}
-    return RankingData(
-        sparse=sparse, dense=dense,
-        labels=np.array([(e.click, e.add_to_cart, e.purchase) for e in rows],
-                        dtype=np.float32).reshape(-1, 3),
-        times=np.array([e.impression_time_ms for e in rows], dtype=np.int64),
-        purchase_delay_ms=np.array([e.purchase_delay_ms for e in rows], dtype=np.int64),
-        request=np.array([req_ids.setdefault(e.request_id, len(req_ids)) for e in rows], dtype=np.int64),
-        position=np.array([e.position for e in rows], dtype=np.int64),
-        p_click_true=np.full(len(rows), np.nan, dtype=np.float32),
-        item_id=np.array([e.item_id for e in rows], dtype=np.str_),
-        meta={"source": "training-examples", "examples": len(rows),
-              "final": int(sum(e.final for e in rows)), "corrections": int(sum(e.version > 1 for e in rows)),
-              "sample_features": feats[-500:]},
-    )
-
-
-def consume_training_examples(settings: Settings, timeout_s: float = 60.0) -> list[bytes]:
-    """Every record of the ``training-examples`` topic up to its current end (partitions
-    assigned directly from the beginning: no consumer-group rebalance to wait for)."""
-    import uuid
-
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-    from recsys import kafka
-
-    topic = settings.topic("training")
-    c = kafka.consumer(settings, group=f"ranker-trainer-{uuid.uuid4().hex[:8]}")
-    out: list[bytes] = []
-    try:
-        ends = kafka.high_watermarks(c, topic)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        pending = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            msg = c.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            value, part, offset = msg.value(), msg.partition(), msg.offset()
-            if value is not None:
-                out.append(bytes(value))
-            if part is not None and offset is not None and offset + 1 >= ends.get(part, 0):
-                pending.discard(part)
-    finally:
-        c.close()
-    return out

@@ -92,3 +92,9 @@ class Wire:
     def close(self) -> None:
         self.broken = True
         self.conn.disconnect()
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -23,16 +23,13 @@ reads the same topics and dead-letters it once.
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
-import numpy as np
 import redis
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
@@ -40,14 +37,13 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from models.registry import ModelRegistry, RegistryError, default_root
+from models.registry import default_root
 from online.ann.store import EmbeddingStore
 from proto.keys import Keys
 from recsys.settings import Settings, resolve_redis_url
 from streams import decoders as D
 from streams import kafka_io
 from streams.coalesce import Group, group_by
-from streams.emb_vectors import hashed_id, price_bucket
 from streams.embeddings import (
     I2V,
     TOWER,
@@ -64,10 +60,10 @@ from streams.embeddings import (
 )
 from streams.events import Ev
 from streams.steps import CatalogRow
+from streams.tower_embedder import TowerEmbedder
 
 log = logging.getLogger(__name__)
 MODEL_KEY = "model"
-TOWER_NAME = "two_tower"
 
 WINDOWS = Counter("recsys_embeddings_session_windows_total", "session windows sent to item2vec")
 FIT_S = Histogram("recsys_embeddings_fit_seconds", "one item2vec partial_fit (+ vector export)",
@@ -91,94 +87,6 @@ def now_ms() -> int:
 
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-# ----------------------------------------------------------------------------------------
-# the promoted two-tower's item tower
-
-
-class TowerEmbedder:
-    """The promoted ``two_tower`` model's item tower, re-read when the registry pointer moves.
-
-    Catalog items are embedded from content (category, brand, price bucket, hashed title
-    tokens; ``streams.emb_vectors`` holds the encoding a content model must be trained with);
-    an item found in the version's optional ``item_ids.json`` ({item_id: row}) also gets its
-    trained id embedding, others id 0 (content only). A model without content features
-    cannot embed unseen items and is not used.
-    """
-
-    def __init__(self, root: Path, check_s: float, price_scale: float = 1.0) -> None:
-        self.registry = ModelRegistry(root)
-        self.check_s = check_s
-        self.price_scale = price_scale
-        self.next_check = 0.0
-        self.version: str | None = None  # the version looked at last (used or not)
-        self.model: Any = None  # a TwoTower when usable
-        self.vocab: dict[str, int] = {}
-
-    @property
-    def usable(self) -> bool:
-        return self.model is not None
-
-    @property
-    def space(self) -> str:
-        return self.version or ""
-
-    def poll(self, now_s: float) -> bool:
-        """Check the registry (every ``check_s``); True if a new usable model was loaded."""
-        if now_s < self.next_check:
-            return False
-        self.next_check = now_s + self.check_s
-        try:
-            cur = self.registry.current(TOWER_NAME)
-        except (RegistryError, OSError) as exc:
-            log.warning("two-tower registry unreadable, keeping %s: %s", self.version, exc)
-            return False
-        if cur is None or cur.version == self.version:
-            return False
-        self.version, self.model, self.vocab = cur.version, None, {}
-        try:
-            import torch
-
-            from models.two_tower import TwoTower
-
-            torch.set_num_threads(1)
-            model = TwoTower.load(cur.model_file)
-            vocab_file = cur.path / "item_ids.json"
-            vocab = json.loads(vocab_file.read_text()) if vocab_file.is_file() else {}
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
-            log.error("two-tower %s unusable, no item-tower vectors: %s", cur.version, exc)
-            return False
-        if not model.config.has_content:
-            log.warning("two-tower %s has no content features: it cannot embed new catalog items; "
-                        "item-tower index not written", cur.version)
-            return False
-        self.model, self.vocab = model, {str(k): int(v) for k, v in vocab.items()}
-        log.info("item tower: two-tower %s (dim %d) embeds catalog items into index %s",
-                 cur.version, model.config.dim, tower_keys("<prefix>", cur.version).root)
-        return True
-
-    def embed(self, rows: list[tuple[str, CatalogInfo]]) -> np.ndarray:
-        import torch
-
-        from models.two_tower import ItemFeatures, hash_title_tokens
-
-        c = self.model.config
-
-        def col(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int64)
-
-        ids = col([self.vocab.get(item, 0) if 0 <= self.vocab.get(item, 0) < c.n_items else 0
-                   for item, _ in rows])
-        feats = ItemFeatures(
-            category=col([hashed_id(i.category, c.n_categories) for _, i in rows]),
-            brand=col([hashed_id(i.brand, c.n_brands) for _, i in rows]),
-            price_bucket=col([price_bucket(i.price, c.n_price_buckets, self.price_scale)
-                              for _, i in rows]),
-            title_tokens=hash_title_tokens([i.title for _, i in rows], max(1, c.title_buckets)),
-        )
-        with torch.no_grad():
-            return np.asarray(self.model.item_vectors(ids, feats).numpy(), dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------------------

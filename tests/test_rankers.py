@@ -14,6 +14,7 @@ import torch
 
 from models import ranker_runtime as RT
 from models import ranking_data as RD
+from models import training_examples as TE
 from models.deepfm import (
     TASKS,
     DeepFM,
@@ -174,7 +175,7 @@ def test_training_examples_loader_keeps_the_latest_version():
     first, _ = L.on_timer(st, w.click_ms, w)
     corr = L.add_label(st, "purchase", "b", t0 + 86_400_000, 86_400_000, w)
     records = [e.SerializeToString() for e in [*first, *corr]]
-    data = RD.load_training_examples(records[::-1])  # order of arrival must not matter
+    data = TE.load_training_examples(records[::-1])  # order of arrival must not matter
     assert len(data) == 2 and list(data.item_id) == ["a", "b"]
     np.testing.assert_array_equal(data.labels, [[0, 0, 0], [1, 0, 1]])
     assert data.purchase_delay_ms[1] == 86_400_000 and data.meta["corrections"] == 1
@@ -264,8 +265,8 @@ def test_training_examples_from_the_kafka_topic(settings):
                                         features=codecs.pack_features(feats))
         p.produce(settings.topic("training"), key=b"r9", value=ex.SerializeToString())
     assert p.flush(10) == 0
-    records = RD.consume_training_examples(settings, timeout_s=20.0)
-    data = RD.load_training_examples(records)
+    records = TE.consume_training_examples(settings, timeout_s=20.0)
+    data = TE.load_training_examples(records)
     assert len(records) == 2 and len(data) == 1
     np.testing.assert_array_equal(data.labels, [[1, 0, 1]])
     assert data.dense[0, DENSE.index("u_cat_pref")] == 0.25

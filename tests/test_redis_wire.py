@@ -32,7 +32,8 @@ def test_replies_errors_and_timeouts(redis_client: redis.Redis):
     with pytest.raises(redis.TimeoutError):
         wire.roundtrip([("BLPOP", "wire:empty", 2)], timeout_s=0.2)
     assert wire.broken
-    assert Wire(redis_client).roundtrip([("GET", "wire:s")]) == ["ü".encode()]
+    with Wire(redis_client) as fresh:
+        assert fresh.roundtrip([("GET", "wire:s")]) == ["ü".encode()]
 
 
 def test_a_closed_server_side_is_a_connection_error(redis_client: redis.Redis):

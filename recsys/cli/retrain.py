@@ -51,9 +51,11 @@ def heuristic_predictions(dense: Any) -> Any:
 
 def round_once(settings: Settings, epochs: int, min_examples: int) -> dict[str, Any]:
     from models.ranker_runtime import load_ranker
-    from models.ranking_data import consume_training_examples, load_training_examples, time_split
+    from models.ranking_data import time_split
     from models.registry import ModelRegistry, default_root
-    from models.train_ranker import add_ranker_arguments, run
+    from models.train_ranker import run
+    from models.train_ranker_cli import add_ranker_arguments
+    from models.training_examples import consume_training_examples, load_training_examples
 
     records = consume_training_examples(settings)
     if len(records) < min_examples:

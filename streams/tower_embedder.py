@@ -1,0 +1,106 @@
+"""The promoted two-tower model's item tower, for the embeddings dataflow
+(``streams.embeddings_flow``): it embeds catalog items into the tower's own index."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.registry import ModelRegistry, RegistryError
+from streams.emb_vectors import hashed_id, price_bucket
+from streams.embeddings import CatalogInfo, tower_keys
+
+log = logging.getLogger(__name__)
+TOWER_NAME = "two_tower"
+
+
+
+class TowerEmbedder:
+    """The promoted ``two_tower`` model's item tower, re-read when the registry pointer moves.
+
+    Catalog items are embedded from content (category, brand, price bucket, hashed title
+    tokens; ``streams.emb_vectors`` holds the encoding a content model must be trained with);
+    an item found in the version's optional ``item_ids.json`` ({item_id: row}) also gets its
+    trained id embedding, others id 0 (content only). A model without content features
+    cannot embed unseen items and is not used.
+    """
+
+    def __init__(self, root: Path, check_s: float, price_scale: float = 1.0) -> None:
+        self.registry = ModelRegistry(root)
+        self.check_s = check_s
+        self.price_scale = price_scale
+        self.next_check = 0.0
+        self.version: str | None = None  # the version looked at last (used or not)
+        self.model: Any = None  # a TwoTower when usable
+        self.vocab: dict[str, int] = {}
+
+    @property
+    def usable(self) -> bool:
+        return self.model is not None
+
+    @property
+    def space(self) -> str:
+        return self.version or ""
+
+    def poll(self, now_s: float) -> bool:
+        """Check the registry (every ``check_s``); True if a new usable model was loaded."""
+        if now_s < self.next_check:
+            return False
+        self.next_check = now_s + self.check_s
+        try:
+            cur = self.registry.current(TOWER_NAME)
+        except (RegistryError, OSError) as exc:
+            log.warning("two-tower registry unreadable, keeping %s: %s", self.version, exc)
+            return False
+        if cur is None or cur.version == self.version:
+            return False
+        self.version, self.model, self.vocab = cur.version, None, {}
+        try:
+            import torch
+
+            from models.two_tower import TwoTower
+
+            torch.set_num_threads(1)
+            model = TwoTower.load(cur.model_file)
+            vocab_file = cur.path / "item_ids.json"
+            vocab = json.loads(vocab_file.read_text()) if vocab_file.is_file() else {}
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            log.error("two-tower %s unusable, no item-tower vectors: %s", cur.version, exc)
+            return False
+        if not model.config.has_content:
+            log.warning("two-tower %s has no content features: it cannot embed new catalog items; "
+                        "item-tower index not written", cur.version)
+            return False
+        self.model, self.vocab = model, {str(k): int(v) for k, v in vocab.items()}
+        log.info("item tower: two-tower %s (dim %d) embeds catalog items into index %s",
+                 cur.version, model.config.dim, tower_keys("<prefix>", cur.version).root)
+        return True
+
+    def embed(self, rows: list[tuple[str, CatalogInfo]]) -> np.ndarray:
+        import torch
+
+        from models.two_tower import ItemFeatures, hash_title_tokens
+
+        c = self.model.config
+
+        def col(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64)
+
+        ids = col([self.vocab.get(item, 0) if 0 <= self.vocab.get(item, 0) < c.n_items else 0
+                   for item, _ in rows])
+        feats = ItemFeatures(
+            category=col([hashed_id(i.category, c.n_categories) for _, i in rows]),
+            brand=col([hashed_id(i.brand, c.n_brands) for _, i in rows]),
+            price_bucket=col([price_bucket(i.price, c.n_price_buckets, self.price_scale)
+                              for _, i in rows]),
+            title_tokens=hash_title_tokens([i.title for _, i in rows], max(1, c.title_buckets)),
+        )
+        with torch.no_grad():
+            return np.asarray(self.model.item_vectors(ids, feats).numpy(), dtype=np.float32)
+
+
+__all__ = ["TOWER_NAME", "TowerEmbedder"]
