@@ -8,13 +8,14 @@
 2. starts `recsys serve` and, separately, the echo server; drives open-loop load at rising
    rates against each (``sim.loadtest``) and finds the highest rate with p99 <= ``--slo-ms``
    and no errors (a step that misses is re-run ``--retries`` times: transient VM stalls);
-   measures p50/p99 at half of Recommend's max; reads per-stage p99s from
-   the scorer's metrics. Load starts once every worker has preloaded its item rows
-   (``item_preload``); with several workers the load uses 128 connections per worker, so
-   SO_REUSEPORT's per-connection hash spreads it evenly. While the load runs, a thread plays
-   the feature dataflow: ``--item-changes-per-s`` item stats rewritten and announced on the
-   item changelog (``bench_data.ItemChurn``), so the scorers re-read changed rows as they
-   do in production.
+   measures p50/p99 at half of Recommend's max; reads per-stage p99s from the scorer's
+   metrics (worker 0) and, per worker, its share of the half-load run and its mean handler
+   and ranking times (``half_load_per_worker``). Load starts once every worker has preloaded
+   its item rows (``item_preload``); with several workers the load uses 128 connections per
+   worker, so SO_REUSEPORT's per-connection hash spreads it evenly. While the load runs, a
+   thread plays the feature dataflow: ``--item-changes-per-s`` item stats rewritten and
+   announced on the item changelog (``bench_data.ItemChurn``), so the scorers re-read changed
+   rows as they do in production.
 Starts an embedded broker and redis unless RECSYS_KAFKA_BOOTSTRAP / RECSYS_REDIS_URL are set.
 """
 
@@ -135,10 +136,11 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
             rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
                                          args.slo_ms, make, channels, args.retries)
             half = max(rec_max / 2, 10.0)
-            before = sv.scrape(s.serve_metrics_port)  # stage percentiles: the half-load run only
+            befores = [sv.scrape(p) for p in ports]  # stage figures: the half-load run only
             rep = run_open_loop("recommend", address, half, args.step_s * 2, make,
                                 channels=channels).report()
-            after = sv.scrape(s.serve_metrics_port)
+            afters = [sv.scrape(p) for p in ports]
+            before, after = befores[0], afters[0]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -150,6 +152,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "recommend_max_rps": rec_max, "ratio": round(rec_max / echo_max, 4) if echo_max else None,
         "p50_ms": rep["p50_ms"], "p99_ms": rep["p99_ms"], "half_load_rps": half,
         "half_load_degraded_rate": rep["degraded_rate"], "stage_p99_ms": stage_p99(before, after),
+        "half_load_per_worker": [per_worker(b, a) for b, a in zip(befores, afters, strict=True)],
         "item_changes_per_s": args.item_changes_per_s, "item_changes_written": churn.written,
         "item_changes_read_worker0": sum(v for _, v in after.get("recsys_serve_item_changes_total", [])),
         "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8, "slo_ms": args.slo_ms,
@@ -161,6 +164,21 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
     if args.report:
         write_json(args.report, report)
     return 0
+
+
+def per_worker(before: sv.Samples, after: sv.Samples) -> dict[str, float | None]:
+    """One worker's share of a run and its mean handler and ranking-stage times (ms): workers
+    of one run can differ (how SO_REUSEPORT spread the connections; this VM's per-process
+    memory speed, BENCHMARKS.md)."""
+    def delta(name: str, **match: str) -> float:
+        return sv.total(after, name, **match) - sv.total(before, name, **match)
+
+    def mean_ms(hist: str, **match: str) -> float | None:
+        n = delta(f"{hist}_count", **match)
+        return round(delta(f"{hist}_sum", **match) / n * 1000, 3) if n else None
+    return {"requests": delta("recsys_serve_requests_total"),
+            "handler_mean_ms": mean_ms("recsys_serve_latency_seconds"),
+            "ranking_mean_ms": mean_ms("recsys_serve_stage_seconds", stage="ranking")}
 
 
 def _preloaded(port: int) -> bool:

@@ -79,3 +79,5 @@ def test_small_run_reports_every_key(tmp_path: Path) -> None:
     assert {"user_state", "retrieval", "features", "ranking", "rerank"} <= set(r["stage_p99_ms"])
     # the stand-in feature dataflow changed items, and the scorer followed the changelog
     assert r["item_changes_written"] > 0 and r["item_changes_read_worker0"] > 0
+    (w,) = r["half_load_per_worker"]  # one worker served the whole half-load run
+    assert w["requests"] >= 10 and 0 < w["ranking_mean_ms"] < w["handler_mean_ms"]
