@@ -8,8 +8,8 @@
 2. starts `recsys serve` and, separately, the echo server; drives open-loop load at rising
    rates against each (``sim.loadtest``) and finds the highest rate with p99 <= ``--slo-ms``
    and no errors (a step that misses is re-run ``--retries`` times: transient VM stalls);
-   measures p50/p99 at half of Recommend's max; reads per-stage p99s from the scorer's
-   metrics (worker 0) and, per worker, its share of the half-load run and its mean handler
+   measures p50/p99 at half of Recommend's max; reads per-stage p99s from the scorers'
+   metrics (all workers) and, per worker, its share of the half-load run and its mean handler
    and ranking times (``half_load_per_worker``). Load starts once every worker has preloaded
    its item rows (``item_preload``); with several workers the load uses 128 connections per
    worker, so SO_REUSEPORT's per-connection hash spreads it evenly. While the load runs, a
@@ -87,14 +87,22 @@ def max_rate(address: str, target: str, rates: list[float], step_s: float, slo_m
     return best, runs
 
 
-def stage_p99(before: sv.Samples, after: sv.Samples) -> dict[str, float]:
-    stages = {lab["stage"] for lab, _ in after.get("recsys_serve_stage_seconds_bucket", [])}
+def stage_p99(befores: list[sv.Samples], afters: list[sv.Samples]) -> dict[str, float]:
+    """p99 (ms) of each stage over the observations between the scrapes, every worker's
+    histogram buckets summed (each worker is scraped on its own port)."""
+    name = "recsys_serve_stage_seconds_bucket"
+
+    def merged(scrapes: list[sv.Samples], stage: str) -> sv.Samples:
+        acc: dict[str, float] = {}
+        for samples in scrapes:
+            for lab, v in samples.get(name, []):
+                if lab.get("stage") == stage:
+                    acc[lab["le"]] = acc.get(lab["le"], 0.0) + v
+        return {"h_bucket": [({"le": le}, v) for le, v in acc.items()]}
+    stages = {lab["stage"] for samples in afters for lab, _ in samples.get(name, [])}
     out = {}
     for stage in sorted(stages):
-        def only(s: sv.Samples, st: str = stage) -> sv.Samples:
-            return {"h_bucket": [(lab, v) for lab, v in s.get("recsys_serve_stage_seconds_bucket", [])
-                                 if lab.get("stage") == st]}
-        q = sv.histogram_quantile(0.99, only(after), only(before), "h")
+        q = sv.histogram_quantile(0.99, merged(afters, stage), merged(befores, stage), "h")
         if q is not None:
             out[stage] = round(q * 1000, 2)
     return out
@@ -140,7 +148,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
             rep = run_open_loop("recommend", address, half, args.step_s * 2, make,
                                 channels=channels).report()
             afters = [sv.scrape(p) for p in ports]
-            before, after = befores[0], afters[0]
+            after = afters[0]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -151,7 +159,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "items": args.items, "candidates": args.candidates, "echo_max_rps": echo_max,
         "recommend_max_rps": rec_max, "ratio": round(rec_max / echo_max, 4) if echo_max else None,
         "p50_ms": rep["p50_ms"], "p99_ms": rep["p99_ms"], "half_load_rps": half,
-        "half_load_degraded_rate": rep["degraded_rate"], "stage_p99_ms": stage_p99(before, after),
+        "half_load_degraded_rate": rep["degraded_rate"], "stage_p99_ms": stage_p99(befores, afters),
         "half_load_per_worker": [per_worker(b, a) for b, a in zip(befores, afters, strict=True)],
         "item_changes_per_s": args.item_changes_per_s, "item_changes_written": churn.written,
         "item_changes_read_worker0": sum(v for _, v in after.get("recsys_serve_item_changes_total", [])),

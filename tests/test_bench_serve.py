@@ -81,3 +81,17 @@ def test_small_run_reports_every_key(tmp_path: Path) -> None:
     assert r["item_changes_written"] > 0 and r["item_changes_read_worker0"] > 0
     (w,) = r["half_load_per_worker"]  # one worker served the whole half-load run
     assert w["requests"] >= 10 and 0 < w["ranking_mean_ms"] < w["handler_mean_ms"]
+
+
+def test_stage_p99_counts_every_worker() -> None:
+    from online.bench_serve import stage_p99
+
+    def scrape(fast: float, slow: float) -> dict:  # cumulative buckets of one worker
+        name = "recsys_serve_stage_seconds_bucket"
+        return {name: [({"stage": "ranking", "le": "0.001"}, fast),
+                       ({"stage": "ranking", "le": "0.1"}, fast + slow),
+                       ({"stage": "ranking", "le": "+Inf"}, fast + slow)]}
+    quick, slow = scrape(10, 0), scrape(0, 10)
+    assert stage_p99([{}], [quick])["ranking"] <= 1.0  # worker 0 alone: all under 1 ms
+    p99 = stage_p99([{}, {}], [quick, slow])["ranking"]
+    assert 90 < p99 <= 100  # half the requests took 1-100 ms on the other worker
