@@ -77,7 +77,7 @@ def load_items(client: redis.Redis, s: Settings, n_items: int, n_users: int, *, 
             "counts": {"view": 40, "click": 6}, "last": now, "country": "DE", "age": "", "signup": 0}))
     _pipe_chunks(client, n_users, user)
     out: dict[str, Any] = {"covisit_lists": n_covis, "categories": n_categories,
-                           "prices": prices, "item_categories": cats}
+                           "prices": prices, "item_categories": cats, "log2_views": views}
     if with_vectors:
         out.update(_vectors(client, s, k, cats, rng, dim))
     return out
@@ -104,7 +104,7 @@ class ItemChurn:
     def __init__(self, client: redis.Redis, s: Settings, loaded: dict[str, Any], rate: float,
                  seed: int) -> None:
         self.client, self.keys, self.rate = client, Keys(s.redis_prefix), rate
-        self.prices, self.cats = loaded["prices"], loaded["item_categories"]
+        self.prices, self.cats, self.views = loaded["prices"], loaded["item_categories"], loaded["log2_views"]
         self.half_life_s = s.popularity_half_life_s
         self.rng = np.random.default_rng(seed)
         self.written = 0
@@ -130,7 +130,7 @@ class ItemChurn:
             picks = np.minimum(self.rng.zipf(1.3, per_batch) - 1, n_items - 1).tolist()
             writes = []
             for j in picks:
-                views = float(np.log2(1e4 / (j + 1) ** 0.8)) + 0.01
+                views = float(self.views[j]) + 0.01  # a little more viewed than at load
                 writes.append(Write("set", self.keys.item_features(f"i{j}"), item_stats(
                     j, f"c{self.cats[j]}", float(self.prices[j]), base, views, now,
                     ctr=float(self.rng.uniform(0.01, 0.08)))))

@@ -162,7 +162,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "half_load_degraded_rate": rep["degraded_rate"], "stage_p99_ms": stage_p99(befores, afters),
         "half_load_per_worker": [per_worker(b, a) for b, a in zip(befores, afters, strict=True)],
         "item_changes_per_s": args.item_changes_per_s, "item_changes_written": churn.written,
-        "item_changes_read_worker0": sum(v for _, v in after.get("recsys_serve_item_changes_total", [])),
+        "item_changes_read_worker0": sv.total(after, "recsys_serve_item_changes_total"),
         "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8, "slo_ms": args.slo_ms,
         "model": model,
         "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,

@@ -32,6 +32,7 @@ import msgpack
 import redis
 from prometheus_client import Counter
 
+from online.ann.store import parse_id
 from online.item_table import Coverage
 from proto.keys import CHANGELOG_MAXLEN
 
@@ -49,11 +50,6 @@ class Rows(Protocol):
 
     def invalidate(self, ids: list[str] | None = None) -> int: ...
     def watch(self, coverage: Coverage) -> None: ...
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _text(x: Any) -> str:
@@ -126,7 +122,7 @@ class ItemChangeFollower:
         pipe.xlen(self.key)
         pipe.xrange(self.key, count=1)
         length, oldest = pipe.execute()
-        return length >= self.maxlen and bool(oldest) and _id_key(_text(oldest[0][0])) > _id_key(before)
+        return length >= self.maxlen and bool(oldest) and parse_id(oldest[0][0]) > parse_id(before)
 
     def _run(self) -> None:
         failing = False

@@ -75,11 +75,13 @@ class ItemTable:
         cols = self.cols
         known = rows >= 0
         safe = np.where(known, rows, 0)
-        cat_t, stats_t = cols["cat_t"][safe], cols["stats_t"][safe]
-        if watched is not None and watched.until > -math.inf:
-            cat_t = np.where(cat_t >= watched.since, np.maximum(cat_t, watched.until), cat_t)
-            stats_t = np.where(stats_t >= watched.since, np.maximum(stats_t, watched.until), stats_t)
-        return ~known | (now - cat_t >= cat_ttl_s), ~known | (now - stats_t >= stats_ttl_s)
+        cover = watched if watched is not None and watched.until > -math.inf else None
+
+        def too_old(part_t: npt.NDArray[np.float64], ttl_s: float) -> npt.NDArray[np.bool_]:
+            if cover is not None:
+                part_t = np.where(part_t >= cover.since, np.maximum(part_t, cover.until), part_t)
+            return ~known | (now - part_t >= ttl_s)
+        return too_old(cols["cat_t"][safe], cat_ttl_s), too_old(cols["stats_t"][safe], stats_ttl_s)
 
     def put(self, ids: Sequence[str], cats: Sequence[CatalogPart | bool | None],
             stats: Sequence[StatsPart | bool | None], now: float) -> None:

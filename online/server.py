@@ -67,14 +67,22 @@ class ScorerServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self.host.stop(grace)
-        self.refresher.stop()
-        self.models.stop()
-        if self.follower is not None:
-            self.follower.stop()
-        if self.item_changes is not None:
-            self.item_changes.stop()
-        if self.servicer.impressions is not None:
-            self.servicer.impressions.close()
+        _stop_background(self.refresher, self.models, self.follower, self.item_changes,
+                         self.servicer.impressions)
+
+
+def _stop_background(refresher: Refresher, models: ModelHolder, follower: IndexFollower | None,
+                     item_changes: ItemChangeFollower | None, impressions: ImpressionLogger | None,
+                     flush_s: float = 5.0) -> None:
+    """Stop the scorer's background threads; impressions still queued get ``flush_s``."""
+    refresher.stop()
+    models.stop()
+    if follower is not None:
+        follower.stop()
+    if item_changes is not None:
+        item_changes.stop()
+    if impressions is not None:
+        impressions.close(flush_s)
 
 
 class Refresher(threading.Thread):
@@ -162,14 +170,7 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
                 RecommendService(servicer), server),
             f"{settings.grpc_host}:{bind_port}", [SERVICE_NAME], GRPC_OPTIONS)
     except OSError as exc:  # nothing started here may outlive the failed start
-        refresher.stop()
-        models.stop()
-        if follower is not None:
-            follower.stop()
-        if item_changes is not None:
-            item_changes.stop()
-        if impressions is not None:
-            impressions.close(timeout=1.0)
+        _stop_background(refresher, models, follower, item_changes, impressions, flush_s=1.0)
         raise RuntimeError(str(exc)) from exc
     return ScorerServer(host, host.port, servicer, refresher, models, follower, item_changes)
 
