@@ -12,7 +12,12 @@ core, most of its time goes to per-op overhead and elementwise passes, not to ar
   the FM term likewise needs only ``Σ_n x_n v_n`` and ``Σ_n x_n² v_n²``;
 * every expert's first layer and every gate in ONE matrix product;
 * the experts' second layers, the gate mixing and the task towers as batched matrix
-  products (``bmm``) instead of one module call per expert / task.
+  products (``bmm``) instead of one module call per expert / task;
+* optionally (``dtype=torch.bfloat16``) the MLP weights and activations in bfloat16, with
+  float32 accumulation in the matrix products (oneDNN), on CPUs with native bf16 dot products
+  (AVX512-BF16 / AMX: ``bf16_native()``). The embeddings, the FM and first-order terms, the
+  gate softmax and the final logits stay float32. About half the time of the float form on
+  such a CPU (BENCHMARKS.md); served probabilities move by ~1e-4 (``tests/test_fused.py``).
 
 Shapes: B = batch, S = sparse fields, N = dense fields, D = embed dim, K = experts,
 H1 / H = expert layer sizes (``hidden``), T = tasks, G = tower hidden size.
@@ -47,8 +52,11 @@ class FusedMMoE(nn.Module):
     wt2: Tensor
     bt2: Tensor
 
-    def __init__(self, m: MMoE) -> None:
+    def __init__(self, m: MMoE, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"FusedMMoE computes in float32 or bfloat16, not {dtype}")
+        self.dtype = dtype
         cfg = m.config
         if len(cfg.hidden) != 2 or len(cfg.tower_hidden) != 1:
             raise ValueError("FusedMMoE folds experts of two layers and towers of one hidden layer")
@@ -94,6 +102,10 @@ class FusedMMoE(nn.Module):
             self.register_buffer("bt1", torch.stack([lin.bias.detach() for lin in ta]).unsqueeze(1))
             self.register_buffer("wt2", torch.stack([lin.weight.detach().t() for lin in tb]).contiguous())
             self.register_buffer("bt2", torch.stack([lin.bias.detach() for lin in tb]).unsqueeze(1))
+            if dtype != torch.float32:  # the MLP in dtype; embeddings and first-order terms stay
+                self.first.to(dtype)
+                for name in ("w2", "b2", "wt1", "bt1", "wt2", "bt2"):
+                    setattr(self, name, getattr(self, name).to(dtype))
 
     def logits(self, sparse: Tensor, dense: Tensor) -> Tensor:
         b = sparse.shape[0]
@@ -103,16 +115,21 @@ class FusedMMoE(nn.Module):
         total = sv.sum(1) + x @ self.dense_vec  # [B, D] Σ_f v_f
         squares = (sv * sv).sum(1) + (x * x) @ self.dense_vec_sq  # [B, D] Σ_f v_f²
         fm = 0.5 * (total * total - squares)  # [B, D]
-        z = self.first(torch.cat([sv.flatten(1), x, fm], dim=1))  # [B, K·H1 + T·K]
+        low = self.dtype != torch.float32
+        inp = torch.cat([sv.flatten(1), x, fm], dim=1)  # [B, S·D + N + D]
+        z = self.first(inp.to(self.dtype) if low else inp)  # [B, K·H1 + T·K]
         kh1 = self.k * self.h1
         h1 = torch.relu(z[:, :kh1]).reshape(b, self.k, self.h1).transpose(0, 1)  # [K, B, H1]
         experts = torch.relu(torch.baddbmm(self.b2, h1, self.w2)).transpose(0, 1)  # [B, K, H]
         zg = z[:, kh1:].reshape(b, self.t, self.k)  # [B, T, K] gate logits
+        zg = zg.float() if low else zg
         eg = torch.exp(zg - zg.amax(-1, keepdim=True))  # softmax by hand: ATen's is slow for K=4
         gates = eg / eg.sum(-1, keepdim=True)  # [B, T, K]
+        gates = gates.to(self.dtype) if low else gates
         mixed = torch.bmm(gates, experts).transpose(0, 1)  # [T, B, H]
         g = torch.relu(torch.baddbmm(self.bt1, mixed, self.wt1))  # [T, B, G]
         towers = torch.baddbmm(self.bt2, g, self.wt2).squeeze(-1).t()  # [B, T]
+        towers = towers.float() if low else towers
         first = self.first_sparse(idx).sum(1) + self.first_dense(x)  # [B, T]
         return towers + first
 
@@ -123,6 +140,16 @@ class FusedMMoE(nn.Module):
             return logp
         click = logp[:, :1]
         return torch.cat([click, click + logp[:, 1:]], dim=1)
+
+
+def bf16_native() -> bool:
+    """Whether this CPU has native bf16 dot products for oneDNN (AVX512-BF16 or AMX): without
+    them bfloat16 matrix products are emulated and slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
 
 
 def compare(candidates: int = 500, rounds: int = 60, block: int = 10, seed: int = 0) -> dict[str, float]:
@@ -143,7 +170,8 @@ def compare(candidates: int = 500, rounds: int = 60, block: int = 10, seed: int 
     sparse = torch.randint(0, 1 << 30, (candidates, len(cfg.sparse)))
     dense = torch.randn(candidates, len(cfg.dense))
     forms = {"float": freeze(m, cfg), "int8": freeze(quantize(m), cfg),
-             "fused": freeze(FusedMMoE(m).eval(), cfg)}
+             "fused": freeze(FusedMMoE(m).eval(), cfg),
+             "fused_bf16": freeze(FusedMMoE(m, torch.bfloat16).eval(), cfg)}
     times: dict[str, list[float]] = {k: [] for k in forms}
     with torch.inference_mode():
         for _ in range(rounds):
@@ -156,7 +184,8 @@ def compare(candidates: int = 500, rounds: int = 60, block: int = 10, seed: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Time the fused MMoE against the frozen float and INT8 graphs (`python -m models.fused`)."""
+    """Time the fused MMoE (float32 and bfloat16) against the frozen float and INT8 graphs
+    (`python -m models.fused`)."""
     import argparse
     import json
 
@@ -168,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ms = compare(args.candidates, args.rounds)
     out = {"candidates": args.candidates, "median_ms": ms,
            "fused_vs_float": round(ms["fused"] / ms["float"], 3),
-           "fused_vs_int8": round(ms["fused"] / ms["int8"], 3)}
+           "fused_vs_int8": round(ms["fused"] / ms["int8"], 3),
+           "fused_bf16_vs_fused": round(ms["fused_bf16"] / ms["fused"], 3),
+           "bf16_native": bf16_native()}
     print(json.dumps(out, indent=2))
     if args.report:
         with open(args.report, "w") as f:

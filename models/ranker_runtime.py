@@ -34,7 +34,7 @@ from torch import nn
 
 from models.calibration import Calibrator, Identity, calibrator_from_dict
 from models.deepfm import TASKS, DeepFM, FeatureHasher, RankerConfig
-from models.fused import FusedMMoE
+from models.fused import FusedMMoE, bf16_native
 from models.mmoe import MMoE
 from online.features import FEATURE_VERSION, FeatureBatch
 
@@ -96,17 +96,25 @@ class Ranker:
     are atomic under the GIL; a race only recomputes a hash)."""
 
     def __init__(self, model: nn.Module, cfg: RankerConfig, calibration: Mapping[str, Calibrator],
-                 version: str, quantized: bool = False, meta: Mapping[str, Any] | None = None) -> None:
+                 version: str, quantized: bool = False, meta: Mapping[str, Any] | None = None,
+                 bf16: bool = False) -> None:
         self.model = model.eval()
         self.config = cfg
         self.tasks = cfg.tasks
-        self.version = version + ("+int8" if quantized else "")
         self.quantized = quantized
+        self.bf16 = bf16
+        self.version = version + self.precision_suffix
         self.meta = dict(meta or {})
         self.calibration = {t: calibration.get(t, Identity()) for t in cfg.tasks}
         self._cols = [TASKS.index(t) for t in cfg.tasks]
         self._hasher = FeatureHasher(cfg.sparse, cfg.dense)
         self._checked = False
+
+    @property
+    def precision_suffix(self) -> str:
+        """What the version string says about how the weights are served: "+int8", "+bf16"
+        or nothing (float32)."""
+        return "+int8" if self.quantized else "+bf16" if self.bf16 else ""
 
     def _check(self, row: Mapping[str, Any]) -> None:
         missing = [n for n in (*self.config.sparse, *self.config.dense) if n not in row]
@@ -145,16 +153,17 @@ class Ranker:
         return self.predict_arrays(sparse, dense)
 
 
-def fuse(model: nn.Module) -> nn.Module:
+def fuse(model: nn.Module, bf16: bool = False) -> nn.Module:
     """An MMoE in its serving form (``models.fused.FusedMMoE``: the same function in fewer,
-    larger ops; `python -m models.fused` times it against the INT8 model). Other models and
-    MMoE shapes it does not fold are returned as they are. Not for INT8 models: quantizing the
-    fused first layer, whose input mixes raw dense values with embeddings under one activation
-    scale, moved served probabilities by up to 0.0203 (the unfused INT8 model stays under 0.02)."""
+    larger ops, in bfloat16 if ``bf16``; `python -m models.fused` times the forms). Other
+    models and MMoE shapes it does not fold are returned as they are. Not for INT8 models:
+    quantizing the fused first layer, whose input mixes raw dense values with embeddings under
+    one activation scale, moved served probabilities by up to 0.0203 (the unfused INT8 model
+    stays under 0.02)."""
     if not isinstance(model, MMoE):
         return model
     try:
-        return FusedMMoE(model).eval()
+        return FusedMMoE(model, torch.bfloat16 if bf16 else torch.float32).eval()
     except ValueError:
         return model
 
@@ -176,13 +185,16 @@ def freeze(model: nn.Module, cfg: RankerConfig) -> nn.Module:
 
 
 def load_ranker(path: str | Path, *, quantize_int8: bool | None = None, threads: int | None = 1,
-                frozen: bool = False) -> Ranker:
+                frozen: bool = False, bf16: bool | None = False) -> Ranker:
     """Load a ranker checkpoint (file or registry version folder) for serving.
 
     ``quantize_int8``: None follows the checkpoint's ``meta["quantize"]`` (set at export).
     ``threads``: torch intra-op threads for this process (None leaves it alone).
     ``frozen``: serve a frozen TorchScript graph of the model, an MMoE in its fused form
     (``fuse``, ``freeze``; the scorer does).
+    ``bf16``: with ``frozen``, serve a fused MMoE in bfloat16 (None: where this CPU has native
+    bf16 dot products, ``models.fused.bf16_native``). Ignored for INT8 and for models that are
+    not fused; ``Ranker.bf16`` says whether it applied.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -203,10 +215,15 @@ def load_ranker(path: str | Path, *, quantize_int8: bool | None = None, threads:
     meta = dict(blob.get("meta") or {})
     q = bool(meta.get("quantize", False)) if quantize_int8 is None else quantize_int8
     served: nn.Module = quantize(model) if q else model
+    low = False
     if frozen:
-        served = freeze(served if q else fuse(served), cfg)
+        if not q:
+            served = fuse(served, bf16=bf16_native() if bf16 is None else bf16)
+            low = isinstance(served, FusedMMoE) and served.dtype == torch.bfloat16
+        served = freeze(served, cfg)
     cal = {h: calibrator_from_dict(d) for h, d in (blob.get("calibration") or {}).items()}
-    return Ranker(served, cfg, cal, reg_version or str(blob.get("version", "unknown")), q, meta)
+    return Ranker(served, cfg, cal, reg_version or str(blob.get("version", "unknown")), q, meta,
+                  bf16=low)
 
 
 def measure_latency(ranker: Ranker, features: Sequence[Mapping[str, Any]], runs: int = 200,

@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 
+from models.fused import bf16_native
 from online.bench_data import ItemChurn, load_items, prepare_ranker
 from online.echo import EchoProcess
 from recsys import supervisor as sv
@@ -163,7 +164,8 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "half_load_per_worker": [per_worker(b, a) for b, a in zip(befores, afters, strict=True)],
         "item_changes_per_s": args.item_changes_per_s, "item_changes_written": churn.written,
         "item_changes_read_worker0": sv.total(after, "recsys_serve_item_changes_total"),
-        "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8, "slo_ms": args.slo_ms,
+        "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8,
+        "ranker_bf16": s.ranker_bf16, "bf16_native": bf16_native(), "slo_ms": args.slo_ms,
         "model": model,
         "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,
         "echo_runs": echo_runs,

@@ -2,9 +2,12 @@
 
 The feature dataflow's Redis sink XADDs the ids of the items each batch changed (stats or
 catalog row) to ``Keys.item_changelog`` AFTER the writes themselves. This thread reads it
-with ``XREAD BLOCK`` and invalidates those items' rows (``RedisStore.invalidate``); the next
-request that needs one re-reads it. So a click's effect on an item's CTR reaches ranking
-within the feed's latency (milliseconds), while an unchanged item costs no Redis read at all.
+with ``XREAD BLOCK`` and invalidates those items' rows (``RedisStore.invalidate``), then
+re-reads at once, in one round trip per read of the log, those that requests used in the last
+``refresh_hot_s`` seconds (``RedisStore.refresh``); any other changed row is re-read by the
+next request that needs it. So a click's effect on an item's CTR reaches ranking within the
+feed's latency (milliseconds), hot rows are re-read off the request path, and an unchanged
+item costs no Redis read at all.
 
 What the follower vouches for (``RedisStore.watch``, an ``online.item_table.Coverage``):
 every change announced after it pinned its place in the log (``since``) and before its
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 CHANGES = Counter("recsys_serve_item_changes_total", "Item change notifications read from the changelog")
 INVALIDATED = Counter("recsys_serve_item_rows_invalidated_total",
                       "In-memory item rows marked for re-read by the changelog")
+REFRESHED = Counter("recsys_serve_item_rows_refreshed_total",
+                    "Changed item rows re-read by the changelog follower (hot rows), off the request path")
+REFRESH_ERRORS = Counter("recsys_serve_item_refresh_errors_total",
+                         "Failed re-reads of changed hot rows (they are read on their next use)")
 GAPS = Counter("recsys_serve_item_changelog_gaps_total",
                "Times the item changelog follower fell behind the log's trim or lost Redis "
                "(every held row was then invalidated)")
@@ -49,6 +56,7 @@ class Rows(Protocol):
     """What the follower keeps fresh (``RedisStore``)."""
 
     def invalidate(self, ids: list[str] | None = None) -> int: ...
+    def refresh(self, ids: list[str], hot_s: float) -> int: ...
     def watch(self, coverage: Coverage) -> None: ...
 
 
@@ -58,8 +66,9 @@ def _text(x: Any) -> str:
 
 class ItemChangeFollower:
     def __init__(self, client: Any, key: str, rows: Rows, block_ms: int = 1000, count: int = 1000,
-                 maxlen: int = CHANGELOG_MAXLEN) -> None:
+                 maxlen: int = CHANGELOG_MAXLEN, refresh_hot_s: float = 0.0) -> None:
         self.client, self.key, self.rows = client, key, rows
+        self.refresh_hot_s = refresh_hot_s
         self.block_ms, self.count, self.maxlen = block_ms, count, maxlen
         self.last_id = "$"
         self.since = float("inf")  # when the current place in the log was pinned (monotonic s)
@@ -90,19 +99,23 @@ class ItemChangeFollower:
 
     def poll_once(self) -> int:
         """Read what the log holds after ``last_id`` (waiting up to ``block_ms``), invalidate
-        those items, then say what is covered; returns how many ids were read."""
+        those items, re-read the hot ones, then say what is covered; returns how many ids
+        were read."""
         if self.last_id == "$":
             self._pin()
         began, before = time.monotonic(), self.last_id
         reply = self.client.xread({self.key: before}, count=self.count, block=self.block_ms)
         n = entries_read = 0
+        changed: list[str] = []
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
                 ids = [_text(i) for i in msgpack.unpackb(fields.get(b"ids", b"\x90"), raw=True)]
                 INVALIDATED.inc(self.rows.invalidate(ids))
+                changed += ids
                 n += len(ids)
                 entries_read += 1
                 self.last_id = _text(entry_id)
+        self._refresh(changed)
         if entries_read and self._trimmed_past(before):
             GAPS.inc()
             log.warning("item changelog trimmed past the follower's place (%s): every row re-read",
@@ -112,6 +125,17 @@ class ItemChangeFollower:
         if entries_read < self.count:  # nothing left unread when the read began
             self.rows.watch(Coverage(self.since, began))
         return n
+
+    def _refresh(self, changed: list[str]) -> None:
+        """Re-read the hot ones among the changed (already invalidated) rows; a failure only
+        leaves them to be read on their next use."""
+        if not changed or self.refresh_hot_s <= 0:
+            return
+        try:
+            REFRESHED.inc(self.rows.refresh(changed, self.refresh_hot_s))
+        except (redis.RedisError, OSError) as exc:
+            REFRESH_ERRORS.inc()
+            log.debug("re-reading changed hot item rows failed (read on next use): %s", exc)
 
     def _trimmed_past(self, before: str) -> bool:
         """Whether entries after ``before`` may have been trimmed before they were read.

@@ -166,6 +166,13 @@ class ItemTable:
             cvr=cols["cvr"][rows], active=cols["active"][rows],
             hashes={n: cols[f"h_{n}"][rows] for n in PER_ITEM_SPARSE})
 
+    def used_since(self, ids: Sequence[str], t: float) -> list[str]:
+        """Those of ``ids`` (held, each once, in order) whose rows were used at ``t`` or later."""
+        rows = self.index.rows(ids)
+        held = np.flatnonzero(rows >= 0)
+        recent = held[self.cols["used_t"][rows[held]] >= t]
+        return list(dict.fromkeys(ids[j] for j in recent.tolist()))
+
     def touch(self, rows: npt.NDArray[np.int64], now: float) -> None:
         """Mark these rows used at ``now`` (no lock: a stamp lost to a concurrent grow only
         makes that row look older)."""

@@ -89,8 +89,8 @@ class ModelHolder:
             if mv is None or mv.version == self.loaded_version:
                 return False
             ranker = self.loader(mv.path)  # slow part, off the request path
-            quantized = "+int8" if getattr(ranker, "quantized", False) else ""
-            ranker.version = f"{self.name}-{mv.version}{quantized}"
+            suffix = getattr(ranker, "precision_suffix", "")
+            ranker.version = f"{self.name}-{mv.version}{suffix}"
         except Exception as exc:  # noqa: BLE001 - a bad model must never take serving down
             log.warning("model reload failed, keeping %s: %s", self.current.version, exc)
             return False
@@ -103,12 +103,13 @@ class ModelHolder:
             self.check_once()
 
 
-def default_loader(int8: bool = False) -> Callable[[Path], Ranker] | None:
+def default_loader(int8: bool = False, bf16: str = "auto") -> Callable[[Path], Ranker] | None:
     """``models.ranker_runtime.load_ranker`` (one intra-op thread, optional INT8, frozen
-    TorchScript graph)."""
+    TorchScript graph; ``bf16``: "auto" (where the CPU has native bf16), "on" or "off")."""
     try:
         from models.ranker_runtime import load_ranker
     except ImportError:
         return None
+    low = {"auto": None, "on": True, "off": False}[bf16]
     return lambda path: load_ranker(path, quantize_int8=int8 or None, threads=1,  # type: ignore[return-value]
-                                    frozen=True)
+                                    frozen=True, bf16=low)

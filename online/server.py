@@ -124,7 +124,8 @@ def _item_changes(settings: Settings, store: StateStore) -> ItemChangeFollower |
         return None
     client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=5.0,
                                   socket_connect_timeout=1.0)
-    return ItemChangeFollower(client, store.keys.item_changelog(), store).start()
+    return ItemChangeFollower(client, store.keys.item_changelog(), store,
+                              refresh_hot_s=settings.item_refresh_hot_s).start()
 
 
 def _preload_items(store: StateStore, n: int) -> None:
@@ -154,7 +155,8 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
         list_ttl_s=settings.list_ttl_s, max_items=settings.item_cache_max)
     impressions = ImpressionLogger(settings) if log_impressions else None
     models = ModelHolder(default_root(settings.state_dir), settings.ranker_model,
-                         default_loader(settings.ranker_int8), settings.model_reload_s).start()
+                         default_loader(settings.ranker_int8, settings.ranker_bf16),
+                         settings.model_reload_s).start()
     follower = _ann_follower(settings) if settings.ann_enabled and ann is None else None
     index = ann if ann is not None else (lambda: follower.index if follower else None)
     servicer = RecommendServicer(settings, store, impressions, models, index)

@@ -274,6 +274,21 @@ class RedisStore:
                 self._copying.append(ids)
         return n
 
+    def refresh(self, ids: list[str], hot_s: float, limit: int = 2000) -> int:
+        """Re-read at once, in one round trip, the rows of those of ``ids`` that requests used
+        in the last ``hot_s`` seconds (at most ``limit``). The item changelog follower calls it
+        after ``invalidate``: the next request that needs a changed hot row finds it fresh
+        instead of reading it on the request path; a cold row waits for its next use. Should
+        the read fail or an eviction swap the table meanwhile, the rows stay invalidated (read
+        on next use). Returns how many items were read."""
+        if hot_s <= 0 or not ids:
+            return 0
+        now = time.monotonic()
+        todo = self.table.used_since(ids, now - hot_s)[:limit]
+        if todo:
+            self._read(todo, todo, now, timeout_s=1.0)
+        return len(todo)
+
     def watch(self, coverage: Coverage) -> None:
         """What the item changelog follower now vouches for: rows read since
         ``coverage.since`` age from ``coverage.until`` (``ItemTable.stale``)."""

@@ -110,6 +110,9 @@ class Settings:
     list_ttl_s: float = 1.0  # shared lists (popular, trending, co-visitation, ...) likewise
     item_cache_max: int = 2_000_000  # items held per scorer process
     item_preload: int = 1_000_000  # the most viewed items read into scorer memory at start
+    # changed item rows that requests used within this many seconds are re-read by the
+    # changelog follower at once (off the request path); others on next use; 0: all on next use
+    item_refresh_hot_s: float = 60.0
     top_sellers_refresh_s: float = 5.0
     surfaces: tuple[str, ...] = ("home", "pdp", "cart")
     ab_experiment: str = "default"
@@ -118,6 +121,8 @@ class Settings:
     ab_arms: tuple[str, ...] = ("model",)
     ranker_model: str = "ranker"  # registry name of the ranker the scorer serves (hot-reloaded)
     ranker_int8: bool = False  # serve the ranker with INT8 dynamic quantization
+    # serve a fused MMoE in bfloat16: auto (where the CPU has native bf16 dot products), on, off
+    ranker_bf16: str = "auto"
     model_reload_s: float = 5.0
     value_revenue_weight: float = 1.0  # value = w_rev * p_purchase * log1p(price) + w_click * p_click
     value_click_weight: float = 1.0
@@ -303,6 +308,10 @@ def _validate(s: Settings) -> None:
             f"ab_arms must be a non-empty list of model/heuristic/popular/random, got {s.ab_arms}")
     if not 0.0 <= s.explore_epsilon <= 1.0 or not all(x.isdigit() for x in s.explore_slots):
         raise SettingsError("explore_epsilon must be in [0, 1] and explore_slots positions (ints)")
+    if s.item_refresh_hot_s < 0:
+        raise SettingsError(f"item_refresh_hot_s must be >= 0, got {s.item_refresh_hot_s}")
+    if s.ranker_bf16 not in ("auto", "on", "off"):
+        raise SettingsError(f"ranker_bf16 must be auto, on or off, got {s.ranker_bf16!r}")
 
 
 # ----------------------------------------------------------------------------------------

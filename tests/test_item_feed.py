@@ -48,6 +48,38 @@ def test_item_changelog_keeps_rows_fresh_without_ttl(settings, redis_client):
     assert _ctr(store, "a", "b") == [0.07, 0.01]  # a re-read, b from memory
 
 
+def _reads(part: str) -> float:
+    from online import metrics
+
+    return metrics.child(metrics.ITEM_READS, part)._value.get()
+
+
+def test_the_follower_rereads_changed_hot_rows_off_the_request_path(settings, redis_client):
+    """A changed row that a request used lately is re-read by the follower itself, so the next
+    request finds the new stats without a Redis read; a changed cold row waits for its next
+    use; without refresh (hot_s 0) every changed row is read on the request path."""
+    k = Keys(settings.redis_prefix)
+    for hot_s, want_follower_reads in ((60.0, 1), (0.0, 0)):
+        store = RedisStore(settings.redis_url, k, catalog_ttl_s=3600, item_stats_ttl_s=3600)
+        for item in ("hot", "cold"):
+            _set_ctr(redis_client, k, item, 0.01)
+        store.item_columns(["cold"])
+        store.table.touch(store.table.rows_of(["cold"]), time.monotonic() - 120)  # used 2 min ago
+        assert _ctr(store, "hot") == [0.01]  # used now
+        follower = ItemChangeFollower(redis.Redis.from_url(settings.redis_url), k.item_changelog(),
+                                      store, block_ms=200, refresh_hot_s=hot_s)
+        follower.poll_once()  # pins the place in the log
+        _set_ctr(redis_client, k, "hot", 0.07, notify=True)
+        _set_ctr(redis_client, k, "cold", 0.08, notify=True)
+        before = _reads("stats")
+        assert follower.poll_once() == 2
+        assert _reads("stats") - before == want_follower_reads  # the follower's own read
+        before = _reads("stats")
+        assert _ctr(store, "hot") == [0.07]
+        assert _reads("stats") - before == 1 - want_follower_reads  # the request's read, if any
+        assert _ctr(store, "cold") == [0.08]  # invalidated, read on this use
+
+
 def test_rows_the_follower_covers_outlive_their_ttl_and_age_out_when_it_stops(settings, redis_client):
     """While the follower keeps up, a row nobody announced a change of is not re-read, however
     old; once it stops, the TTL bounds the row's age again."""

@@ -210,6 +210,10 @@ def test_train_calibrate_export_and_serve(sim, tmp_path):
         for n in (1, 37, len(feats)):
             np.testing.assert_allclose(frozen.predict(feats[:n]), eager.predict(feats[:n]),
                                        rtol=1e-5, atol=1e-7)
+    b = RT.load_ranker(path, frozen=True, bf16=True)  # bfloat16 MLP: close to float, and says so
+    diff = np.abs(b.predict(feats) - p).max()
+    print(f"bf16 vs float: max |dp| {diff:.2e}")
+    assert b.bf16 and b.version == "mmoe-test+bf16" and 0 < diff < 0.005
     lat = RT.measure_latency(r, (feats * 5)[:500], runs=30, warmup=5)
     print(f"predict 500 candidates: p50 {lat['p50_ms']:.2f} ms p99 {lat['p99_ms']:.2f} ms")
     assert lat["p50_ms"] < 50  # the 5 ms target is measured by the benchmark, not asserted here

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -49,8 +50,19 @@ def _produce(s, log) -> None:
 
 
 def _stream(s, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recsys.cli.main", "stream", *extra], cwd=ROOT,
-                            env=settings_env(s), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    """`recsys stream` with its output in a file (a pipe nobody reads until the process exits
+    fills up and blocks it: a cluster of two then waits on each other)."""
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - read back and closed with the process
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli.main", "stream", *extra], cwd=ROOT,
+                            env=settings_env(s), stdout=out, stderr=subprocess.STDOUT)
+    proc.output_file = out  # type: ignore[attr-defined]
+    return proc
+
+
+def _output(proc: subprocess.Popen) -> str:
+    f = proc.output_file  # type: ignore[attr-defined]
+    f.seek(0)
+    return f.read().decode(errors="replace")
 
 
 def _image(client, prefix: str) -> dict:
@@ -69,13 +81,30 @@ def _image(client, prefix: str) -> dict:
     return out
 
 
+def _distinct_ports(n: int) -> list[int]:
+    """n free ports, all different (each ``free_port`` alone may hand out a port twice)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 180) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise
-    out = proc.stdout.read().decode() if proc.stdout else ""
+        proc.wait(10)
+        out = _output(proc)
+        raise AssertionError(f"`recsys stream` still running after {timeout} s; its output:\n"
+                             f"{out[-3000:]}") from None
+    out = _output(proc)
     assert proc.returncode == 0, out[-3000:]
 
 
@@ -141,8 +170,9 @@ def test_kill_9_mid_stream_then_restart_equals_uninterrupted_run(settings, redis
 def test_two_process_cluster_equals_single_process(settings, redis_client, log, reference, tmp_path):
     s = _fresh(settings, "cluster").replace(state_dir=str(tmp_path / "cl"), stream_recovery=False)
     _produce(s, log)
-    addrs = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-    procs = [_stream(s.replace(stream_metrics_port=free_port()), "--no-tail", "--process-id", str(i),
+    ports = _distinct_ports(4)  # two cluster addresses, two metrics ports: no clash between them
+    addrs = f"127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+    procs = [_stream(s.replace(stream_metrics_port=ports[2 + i]), "--no-tail", "--process-id", str(i),
                      "--addresses", addrs) for i in range(2)]
     for proc in procs:
         _finish(proc)
