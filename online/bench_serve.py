@@ -39,6 +39,7 @@ from online.echo import EchoProcess
 from recsys import supervisor as sv
 from recsys.embedded.redis_server import free_port
 from recsys.embedded.stack import embedded_stack
+from recsys.huge_pages import thp_mode
 from recsys.reports import write_json
 from recsys.settings import Settings, settings_to_env
 from sim.loadtest import LoadResult, recommend_requests, run_open_loop
@@ -165,7 +166,8 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "item_changes_per_s": args.item_changes_per_s, "item_changes_written": churn.written,
         "item_changes_read_worker0": sv.total(after, "recsys_serve_item_changes_total"),
         "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8,
-        "ranker_bf16": s.ranker_bf16, "bf16_native": bf16_native(), "slo_ms": args.slo_ms,
+        "ranker_bf16": s.ranker_bf16, "bf16_native": bf16_native(),
+        "serve_huge_pages": s.serve_huge_pages, "thp": thp_mode(), "slo_ms": args.slo_ms,
         "model": model,
         "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,
         "echo_runs": echo_runs,

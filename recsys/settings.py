@@ -96,6 +96,8 @@ class Settings:
     grpc_port: int = 50051
     serve_metrics_port: int = 9101
     serve_workers: int = 1
+    # restart `recsys serve` with glibc malloc on transparent huge pages (recsys/huge_pages.py)
+    serve_huge_pages: bool = True
     k_default: int = 20
     k_max: int = 200
     candidates: int = 500

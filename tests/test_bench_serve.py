@@ -81,6 +81,12 @@ def test_small_run_reports_every_key(tmp_path: Path) -> None:
     assert r["item_changes_written"] > 0 and r["item_changes_read_worker0"] > 0
     (w,) = r["half_load_per_worker"]  # one worker served the whole half-load run
     assert w["requests"] >= 10 and 0 < w["ranking_mean_ms"] < w["handler_mean_ms"]
+    # `recsys serve` restarted itself with malloc on huge pages where THP can give them
+    from recsys.huge_pages import thp_mode
+
+    want = "yes" if thp_mode() in ("always", "madvise") else "no"
+    assert f"malloc on huge pages: {want}" in out.stdout + out.stderr
+    assert r["serve_huge_pages"] is True and r["thp"] == thp_mode()
 
 
 def test_stage_p99_counts_every_worker() -> None:
