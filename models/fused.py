@@ -16,8 +16,10 @@ core, most of its time goes to per-op overhead and elementwise passes, not to ar
 * optionally (``dtype=torch.bfloat16``) the MLP weights and activations in bfloat16, with
   float32 accumulation in the matrix products (oneDNN), on CPUs with native bf16 dot products
   (AVX512-BF16 / AMX: ``bf16_native()``). The embeddings, the FM and first-order terms, the
-  gate softmax and the final logits stay float32. About half the time of the float form on
-  such a CPU (BENCHMARKS.md); served probabilities move by ~1e-4 (``tests/test_fused.py``).
+  gate softmax and the final logits stay float32. 0.5-0.8x the float form's time on such a
+  CPU, depending on the host's phase (BENCHMARKS.md); served probabilities move by ~2e-4 on
+  a trained MMoE (``tests/test_rankers.py``), at most ~2e-3 on random trained-scale weights
+  (``tests/test_fused.py``).
 
 Shapes: B = batch, S = sparse fields, N = dense fields, D = embed dim, K = experts,
 H1 / H = expert layer sizes (``hidden``), T = tasks, G = tower hidden size.

@@ -15,9 +15,12 @@ Where the tunable is unknown (older glibc, musl) or THP is off (``never``) it ch
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -42,10 +45,14 @@ def reexec_with_huge_pages(module: str, args: list[str]) -> None:
     """Replace this process with ``python -m module *args`` under the tunable, unless it is
     already set, this is not Linux, or THP is off or unknown. Returns only when it does not
     re-exec."""
-    if sys.platform != "linux" or active() or thp_mode() not in ("always", "madvise"):
+    if sys.platform != "linux" or not sys.executable or active() \
+            or thp_mode() not in ("always", "madvise"):
         return
     current = os.environ.get("GLIBC_TUNABLES", "")
     env = dict(os.environ, GLIBC_TUNABLES=":".join(x for x in (current, TUNABLE) if x))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", module, *args], env)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", module, *args], env)
+    except OSError as exc:  # an optimisation: go on as this process is
+        log.warning("could not restart with malloc on huge pages (%s); going on without", exc)

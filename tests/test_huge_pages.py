@@ -50,6 +50,18 @@ def test_no_restart_where_thp_is_off_or_unknown(execs, monkeypatch, mode):
     assert execs == []
 
 
+def test_a_failed_restart_goes_on_without(monkeypatch):
+    def refuse(*_a: object) -> None:
+        raise PermissionError("exec refused")
+
+    monkeypatch.setattr(huge_pages.os, "execve", refuse)
+    monkeypatch.setattr(huge_pages, "thp_mode", lambda: "always")
+    monkeypatch.setattr(huge_pages.sys, "platform", "linux")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    huge_pages.reexec_with_huge_pages("recsys.cli.main", ["serve"])  # returns, no exception
+    assert not huge_pages.active()
+
+
 def test_thp_mode_reads_the_bracketed_choice(tmp_path, monkeypatch):
     f = tmp_path / "enabled"
     f.write_text("always [madvise] never\n")
