@@ -129,7 +129,7 @@ class ItemChangeFollower:
     def _refresh(self, changed: list[str]) -> None:
         """Re-read the hot ones among the changed (already invalidated) rows; a failure only
         leaves them to be read on their next use."""
-        if not changed or self.refresh_hot_s <= 0:
+        if not changed:
             return
         try:
             REFRESHED.inc(self.rows.refresh(changed, self.refresh_hot_s))

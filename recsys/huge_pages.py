@@ -36,16 +36,26 @@ def thp_mode() -> str | None:
     return text[start + 1: end] if 0 <= start < end else None
 
 
+def _hugetlb_setting() -> str | None:
+    """The value this process was started with for ``glibc.malloc.hugetlb``, None if unset."""
+    name = TUNABLE.split("=")[0]
+    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+        key, _, value = item.partition("=")
+        if key == name:
+            return value
+    return None
+
+
 def active() -> bool:
-    """Whether this process was started with malloc on huge pages."""
-    return TUNABLE.split("=")[0] in os.environ.get("GLIBC_TUNABLES", "")
+    """Whether this process was started with malloc on huge pages (hugetlb 1, or 2: hugetlbfs)."""
+    return _hugetlb_setting() in ("1", "2")
 
 
 def reexec_with_huge_pages(module: str, args: list[str]) -> None:
     """Replace this process with ``python -m module *args`` under the tunable, unless it is
-    already set, this is not Linux, or THP is off or unknown. Returns only when it does not
-    re-exec."""
-    if sys.platform != "linux" or not sys.executable or active() \
+    already set (to any value: an operator's explicit choice stands), this is not Linux, or THP
+    is off or unknown. Returns only when it does not re-exec."""
+    if sys.platform != "linux" or not sys.executable or _hugetlb_setting() is not None \
             or thp_mode() not in ("always", "madvise"):
         return
     current = os.environ.get("GLIBC_TUNABLES", "")

@@ -42,6 +42,12 @@ def test_restarts_once_with_the_tunable_added(execs, monkeypatch):
     assert len(execs) == 1
 
 
+def test_an_explicit_setting_stands_and_is_reported_as_it_is(execs, monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    huge_pages.reexec_with_huge_pages("recsys.cli.main", ["serve"])
+    assert execs == [] and not huge_pages.active()
+
+
 @pytest.mark.parametrize("mode", ["never", None])
 def test_no_restart_where_thp_is_off_or_unknown(execs, monkeypatch, mode):
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)

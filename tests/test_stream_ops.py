@@ -16,7 +16,7 @@ import pytest
 from proto import codecs, events_pb2
 from recsys import kafka
 from recsys import supervisor as sv
-from recsys.embedded.redis_server import free_port
+from recsys.embedded.redis_server import free_port, free_ports
 from streams.events import make_event
 from tests.conftest import ROOT, settings_env
 from tests.test_feature_consistency import close
@@ -79,20 +79,6 @@ def _image(client, prefix: str) -> dict:
         else:
             out[k] = sorted(m.decode() for m in client.smembers(key))
     return out
-
-
-def _distinct_ports(n: int) -> list[int]:
-    """n free ports, all different (each ``free_port`` alone may hand out a port twice)."""
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -170,7 +156,7 @@ def test_kill_9_mid_stream_then_restart_equals_uninterrupted_run(settings, redis
 def test_two_process_cluster_equals_single_process(settings, redis_client, log, reference, tmp_path):
     s = _fresh(settings, "cluster").replace(state_dir=str(tmp_path / "cl"), stream_recovery=False)
     _produce(s, log)
-    ports = _distinct_ports(4)  # two cluster addresses, two metrics ports: no clash between them
+    ports = free_ports(4)  # two cluster addresses, two metrics ports: no clash between them
     addrs = f"127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
     procs = [_stream(s.replace(stream_metrics_port=ports[2 + i]), "--no-tail", "--process-id", str(i),
                      "--addresses", addrs) for i in range(2)]
