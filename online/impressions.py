@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 class ImpressionLogger:
-    def __init__(self, settings: Settings, timeout_ms: int = 30_000) -> None:
+    def __init__(self, settings: Settings, timeout_ms: int = 30_000, linger_ms: int = 100) -> None:
         self.topic = settings.topic("impressions")
         self._producer = kafka.producer(settings, **{"queue.buffering.max.messages": 100_000,
                                                      "message.timeout.ms": timeout_ms,
-                                                     "delivery.report.only.error": True})
+                                                     "delivery.report.only.error": True,
+                                                     "linger.ms": linger_ms})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="impressions", daemon=True)
         self._thread.start()

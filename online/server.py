@@ -40,7 +40,11 @@ from recsys.settings import Settings, resolve_redis_url, settings_to_env
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
-GRPC_OPTIONS = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+# BDP probing off: gRPC would ping on each connection's data to size its flow-control window
+# (a win for bulk transfers; our messages are a few KB) and so wake more threads per call; off,
+# a bare echo call costs the server 0.67 instead of 0.89 ms of CPU (BENCHMARKS.md).
+GRPC_OPTIONS = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.http2.bdp_probe", 0)]
 
 
 class RecommendService(recommend_pb2_grpc.RecommendServiceServicer):

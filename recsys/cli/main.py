@@ -14,8 +14,12 @@ import sys
 from types import ModuleType
 from typing import Any
 
-import recsys.cli as cli_pkg
-from recsys.settings import SettingsError, load_settings
+from recsys import grpc_env
+
+grpc_env.apply()  # before any subcommand imports gRPC: it reads its I/O engine choice once
+
+import recsys.cli as cli_pkg  # noqa: E402
+from recsys.settings import SettingsError, load_settings  # noqa: E402
 
 _SKIP = {"main", "common"}
 
