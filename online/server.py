@@ -34,7 +34,7 @@ from online.servicer import RecommendServicer
 from online.store import RedisStore, StateStore
 from proto import recommend_pb2, recommend_pb2_grpc
 from proto.keys import Keys
-from recsys import huge_pages
+from recsys import grpc_env, huge_pages
 from recsys.metrics_endpoint import start_metrics
 from recsys.settings import Settings, resolve_redis_url, settings_to_env
 
@@ -198,7 +198,8 @@ def serve(settings: Settings, workers: int | None = None, worker_index: int = 0)
     _tune_gc()
     print(f"scorer worker {worker_index}: RecommendService on {settings.grpc_host}:{scorer.port} "
           f"(health + reflection on); metrics on :{metrics_port}; malloc on huge pages: "
-          f"{'yes' if huge_pages.active() else 'no'} (THP {huge_pages.thp_mode()})", flush=True)
+          f"{'yes' if huge_pages.active() else 'no'} (THP {huge_pages.thp_mode()}); gRPC I/O: "
+          f"{grpc_env.describe()}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

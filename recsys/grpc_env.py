@@ -31,3 +31,11 @@ def apply(environ: dict[str, str] | None = None) -> str | None:
     if environ is None and "grpc" in sys.modules and VARIABLE not in env:
         return None
     return env.setdefault(VARIABLE, EPOLL_IO)
+
+
+def describe(environ: dict[str, str] | None = None) -> str:
+    """For start-up lines: which I/O engine this process's gRPC was told to use."""
+    value = (os.environ if environ is None else environ).get(VARIABLE, "")
+    if value == EPOLL_IO:
+        return "epoll I/O manager"
+    return f"{VARIABLE}={value}" if value else "gRPC defaults (EventEngine)"

@@ -51,3 +51,9 @@ def test_too_late_once_grpc_has_loaded(monkeypatch):
     monkeypatch.delenv(grpc_env.VARIABLE, raising=False)
     assert grpc_env.apply() is None
     assert grpc_env.VARIABLE not in os.environ
+
+
+def test_described_for_the_start_up_line():
+    assert grpc_env.describe({}) == "gRPC defaults (EventEngine)"
+    assert grpc_env.describe({grpc_env.VARIABLE: grpc_env.EPOLL_IO}) == "epoll I/O manager"
+    assert grpc_env.describe({grpc_env.VARIABLE: "-x"}) == "GRPC_EXPERIMENTS=-x"
