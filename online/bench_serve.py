@@ -36,6 +36,7 @@ import redis
 from models.fused import bf16_native
 from online.bench_data import ItemChurn, load_items, prepare_ranker
 from online.echo import EchoProcess
+from recsys import grpc_env
 from recsys import supervisor as sv
 from recsys.embedded.redis_server import free_port
 from recsys.embedded.stack import embedded_stack
@@ -167,7 +168,8 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "item_changes_read_worker0": sv.total(after, "recsys_serve_item_changes_total"),
         "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8,
         "ranker_bf16": s.ranker_bf16, "bf16_native": bf16_native(),
-        "serve_huge_pages": s.serve_huge_pages, "thp": thp_mode(), "slo_ms": args.slo_ms,
+        "serve_huge_pages": s.serve_huge_pages, "thp": thp_mode(), "grpc_io": grpc_env.describe(),
+        "slo_ms": args.slo_ms,
         "model": model,
         "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,
         "echo_runs": echo_runs,

@@ -87,6 +87,11 @@ def test_small_run_reports_every_key(tmp_path: Path) -> None:
     want = "yes" if thp_mode() in ("always", "madvise") else "no"
     assert f"malloc on huge pages: {want}" in out.stdout + out.stderr
     assert r["serve_huge_pages"] is True and r["thp"] == thp_mode()
+    # the CLI chose gRPC's I/O engine before gRPC loaded, and the workers it started inherited it
+    from recsys import grpc_env
+
+    io = grpc_env.describe() if grpc_env.VARIABLE in os.environ else "epoll I/O manager"
+    assert f"gRPC I/O: {io}" in out.stdout + out.stderr and r["grpc_io"] == io
 
 
 def test_stage_p99_counts_every_worker() -> None:
