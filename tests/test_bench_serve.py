@@ -76,6 +76,8 @@ def test_small_run_reports_every_key(tmp_path: Path) -> None:
                 "p99_ms", "stage_p99_ms", "cores"):
         assert key in r, key
     assert r["items"] == 3000 and r["recommend_max_rps"] in (0.0, 20.0)
+    by_second = r["half_load_p99_ms_by_second"]  # the half-load run is 2 steps of 2 s
+    assert len(by_second) == 4 and all(ms > 0 for ms in by_second)  # every second had calls
     assert {"user_state", "retrieval", "features", "ranking", "rerank"} <= set(r["stage_p99_ms"])
     # the stand-in feature dataflow changed items, and the scorer followed the changelog
     assert r["item_changes_written"] > 0 and r["item_changes_read_worker0"] > 0
