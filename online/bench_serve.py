@@ -63,18 +63,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-changes-per-s", type=float, default=1000.0,
                    help="item stats rewritten and announced per second during the load, as the "
                         "feature dataflow would (popular items most often); 0: a frozen catalog")
+    p.add_argument("--balance", choices=("channel", "process"), default="channel",
+                   help="how the load generator spreads calls over the scorer processes "
+                   "(sim.loadtest): channel (default: as any client of one SO_REUSEPORT "
+                   "address) or process (least request, as with one endpoint per worker)")
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--seed", type=int, default=3)
 
 
 def max_rate(address: str, target: str, rates: list[float], step_s: float, slo_ms: float,
-             make_request: Any, channels: int = 4, retries: int = 1) -> tuple[float, list[dict[str, Any]]]:
+             make_request: Any, channels: int = 4, retries: int = 1, balance: str = "channel"
+             ) -> tuple[float, list[dict[str, Any]]]:
     """The highest of ``rates`` (rising) that meets the SLO; a step that misses it is run
     again up to ``retries`` times (a shared VM has transient stalls) and every try is kept."""
     best, runs = 0.0, []
     for rps in rates:
         for attempt in range(retries + 1):
-            res: LoadResult = run_open_loop(target, address, rps, step_s, make_request, channels=channels)
+            res: LoadResult = run_open_loop(target, address, rps, step_s, make_request, channels=channels,
+                                            balance=balance)
             rep = res.report()
             ok = rep["errors"] == 0 and rep["p99_ms"] <= slo_ms and rep["achieved_rps"] >= 0.95 * rps
             keep = ("achieved_rps", "p50_ms", "p99_ms", "errors", "degraded_rate")
@@ -145,11 +151,11 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         with ItemChurn(client, s, loaded, args.item_changes_per_s, args.seed) as churn:
             run_open_loop("recommend", address, 20, 5, make, channels=channels)  # warm up
             rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
-                                         args.slo_ms, make, channels, args.retries)
+                                         args.slo_ms, make, channels, args.retries, args.balance)
             half = max(rec_max / 2, 10.0)
             befores = [sv.scrape(p) for p in ports]  # stage figures: the half-load run only
             rep = run_open_loop("recommend", address, half, args.step_s * 2, make,
-                                channels=channels).report()
+                                channels=channels, balance=args.balance).report()
             afters = [sv.scrape(p) for p in ports]
             after = afters[0]
     finally:
@@ -172,7 +178,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8,
         "ranker_bf16": s.ranker_bf16, "bf16_native": bf16_native(),
         "serve_huge_pages": s.serve_huge_pages, "thp": thp_mode(), "grpc_io": grpc_env.describe(),
-        "slo_ms": args.slo_ms,
+        "slo_ms": args.slo_ms, "balance": args.balance,
         "model": model,
         "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,
         "echo_runs": echo_runs,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
+import socket
 import threading
 import time
 import uuid
@@ -115,6 +117,7 @@ class RecommendServicer:
                                        tuple(int(x) for x in settings.explore_slots))
         self._rng = random.Random(settings.sim_seed)
         self._rng_lock = threading.Lock()
+        self.served_by = f"{socket.gethostname()}:{os.getpid()}"  # this process, in responses
         ann = ann_index if callable(ann_index) else (lambda: ann_index)
         self.sources: list[R.Source] = [
             R.CovisitSource(store), R.SessionAnnSource(ann), R.TrendingSource(store),
@@ -148,7 +151,7 @@ class RecommendServicer:
             ranked = self._fallback(k, set(request.exclude_item_ids))
         resp = recommend_pb2.RecommendResponse(
             request_id=request_id, model_version=version, experiment=self.s.ab_experiment, arm=arm,
-            degraded=degraded, degraded_reason=reason, served_at_ms=now_ms)
+            degraded=degraded, degraded_reason=reason, served_at_ms=now_ms, served_by=self.served_by)
         add = resp.items.add  # built in place: append() would copy each message
         for pos, r in enumerate(ranked):
             item = add(item_id=r.item_id, score=r.score, position=pos, sources=r.sources,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto import events_pb2 as proto_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/recommend.proto\x12\trecsys.v1\x1a\x12proto/events.proto\"\x92\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsys.v1.Context\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\"H\n\x11HeadProbabilities\x12\x0f\n\x07p_click\x18\x01 \x01(\x01\x12\x0e\n\x06p_cart\x18\x02 \x01(\x01\x12\x12\n\np_purchase\x18\x03 \x01(\x01\"\x90\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12+\n\x05probs\x18\x03 \x01(\x0b\x32\x1c.recsys.v1.HeadProbabilities\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x10\n\x08position\x18\x05 \x01(\x05\x12\x12\n\npropensity\x18\x06 \x01(\x01\"\xc6\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x0b\n\x03\x61rm\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x07 \x01(\t\x12\x14\n\x0cserved_at_ms\x18\x08 \x01(\x03\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1c\n\tEchoReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32Z\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse2C\n\x0b\x45\x63hoService\x12\x34\n\x04\x45\x63ho\x12\x16.recsys.v1.EchoRequest\x1a\x14.recsys.v1.EchoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/recommend.proto\x12\trecsys.v1\x1a\x12proto/events.proto\"\x92\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsys.v1.Context\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\"H\n\x11HeadProbabilities\x12\x0f\n\x07p_click\x18\x01 \x01(\x01\x12\x0e\n\x06p_cart\x18\x02 \x01(\x01\x12\x12\n\np_purchase\x18\x03 \x01(\x01\"\x90\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12+\n\x05probs\x18\x03 \x01(\x0b\x32\x1c.recsys.v1.HeadProbabilities\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x10\n\x08position\x18\x05 \x01(\x05\x12\x12\n\npropensity\x18\x06 \x01(\x01\"\xd9\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x0b\n\x03\x61rm\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x07 \x01(\t\x12\x14\n\x0cserved_at_ms\x18\x08 \x01(\x03\x12\x11\n\tserved_by\x18\t \x01(\t\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1c\n\tEchoReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32Z\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse2C\n\x0b\x45\x63hoService\x12\x34\n\x04\x45\x63ho\x12\x16.recsys.v1.EchoRequest\x1a\x14.recsys.v1.EchoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,13 +39,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREDITEM']._serialized_start=280
   _globals['_SCOREDITEM']._serialized_end=424
   _globals['_RECOMMENDRESPONSE']._serialized_start=427
-  _globals['_RECOMMENDRESPONSE']._serialized_end=625
-  _globals['_ECHOREQUEST']._serialized_start=627
-  _globals['_ECHOREQUEST']._serialized_end=657
-  _globals['_ECHOREPLY']._serialized_start=659
-  _globals['_ECHOREPLY']._serialized_end=687
-  _globals['_RECOMMENDSERVICE']._serialized_start=689
-  _globals['_RECOMMENDSERVICE']._serialized_end=779
-  _globals['_ECHOSERVICE']._serialized_start=781
-  _globals['_ECHOSERVICE']._serialized_end=848
+  _globals['_RECOMMENDRESPONSE']._serialized_end=644
+  _globals['_ECHOREQUEST']._serialized_start=646
+  _globals['_ECHOREQUEST']._serialized_end=676
+  _globals['_ECHOREPLY']._serialized_start=678
+  _globals['_ECHOREPLY']._serialized_end=706
+  _globals['_RECOMMENDSERVICE']._serialized_start=708
+  _globals['_RECOMMENDSERVICE']._serialized_end=798
+  _globals['_ECHOSERVICE']._serialized_start=800
+  _globals['_ECHOSERVICE']._serialized_end=867
 # @@protoc_insertion_point(module_scope)

@@ -50,7 +50,7 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., probs: _Optional[_Union[HeadProbabilities, _Mapping]] = ..., sources: _Optional[_Iterable[str]] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model_version", "experiment", "arm", "degraded", "degraded_reason", "served_at_ms")
+    __slots__ = ("request_id", "items", "model_version", "experiment", "arm", "degraded", "degraded_reason", "served_at_ms", "served_by")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class RecommendResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
     SERVED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
@@ -67,7 +68,8 @@ class RecommendResponse(_message.Message):
     degraded: bool
     degraded_reason: str
     served_at_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., served_at_ms: _Optional[int] = ...) -> None: ...
+    served_by: str
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., served_at_ms: _Optional[int] = ..., served_by: _Optional[str] = ...) -> None: ...
 
 class EchoRequest(_message.Message):
     __slots__ = ("payload",)

@@ -8,11 +8,18 @@ it would have felt it, instead of being silently skipped ("coordinated omission"
 generator's own lateness (actual minus scheduled send time) is reported separately as
 ``send_lag_*``: when it is large, the client, not the server, was the bottleneck.
 
-Built on ``grpc.aio``: one event loop, ``channels`` independent HTTP/2 connections. Calls go round
-robin, but past a channel that has calls in flight to the one with the fewest: the kernel spreads
-SO_REUSEPORT connections over the server processes at random, unevenly, and a process that falls
-behind holds more calls, so it gets fewer new ones (the "least request" policy of Envoy and of
-gRPC's own client-side balancing).
+Built on ``grpc.aio``: one event loop, ``channels`` independent HTTP/2 connections. The kernel
+spreads SO_REUSEPORT connections over the server processes at random, unevenly. Two balancing
+policies (``balance``):
+
+- ``"channel"`` (the default): round robin over channels, but past a channel that has calls in
+  flight to the one with the fewest. Blind to which process a channel reaches, as any client of
+  one SO_REUSEPORT address is: with many channels, calls go to the processes at random.
+- ``"process"`` (where the target says who answered: Recommend's ``served_by``): before the run,
+  one call per channel learns which server process each channel reaches; each call then goes
+  to the process with the fewest calls in flight (ties in turn), on its channels in turn: the
+  "least request" policy of Envoy or gRPC's client-side balancing, as when each process is an
+  endpoint of its own (a port or pod per worker) behind such a balancer.
 
 Reusable: ``run_open_loop(target, address, rps, duration_s, make_request) -> LoadResult``;
 ``LoadResult.report()`` gives the JSON report (``target_rps, achieved_rps, p50_ms, p90_ms,
@@ -57,6 +64,7 @@ class TargetSpec:
     method: str
     response_deserializer: Callable[[bytes], Any] | None
     is_degraded: Callable[[Any], bool] | None = None
+    served_by: Callable[[Any], str] | None = None  # which server process answered
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -66,6 +74,7 @@ TARGETS: dict[str, TargetSpec] = {
         "/recsys.v1.RecommendService/Recommend",
         recommend_pb2.RecommendResponse.FromString,
         lambda r: bool(r.degraded),
+        lambda r: str(r.served_by),
     ),
 }
 
@@ -120,6 +129,8 @@ class LoadResult:
     service: Histogram = field(default_factory=Histogram)  # from the actual send (uncorrected)
     per_second: list[Histogram] = field(default_factory=list)  # by scheduled second
     elapsed_s: float = 0.0  # t0 until the last call finished
+    balance: str = "channel"  # the policy that ran (module doc)
+    by_process: Counter[str] = field(default_factory=Counter)  # OK calls per server process
 
     @property
     def errors(self) -> int:
@@ -164,6 +175,8 @@ class LoadResult:
             "send_lag_p99_ms": round(self.send_lag.percentile(99) / 1000.0, 3),
             "send_lag_max_ms": round(self.send_lag.max_value / 1000.0, 3),
             "client_bound": self.client_bound,
+            "balance": self.balance,
+            "calls_by_process": dict(sorted(self.by_process.items())),
             "timeline": [
                 {"t": i, "count": h.count, "p50_ms": round(h.percentile(50) / 1000, 3),
                  "p99_ms": round(h.percentile(99) / 1000, 3),
@@ -204,6 +217,7 @@ async def open_loop(
     warmup_requests: int = 50,
     connect_timeout_s: float = 5.0,
     progress: ProgressFn | None = None,
+    balance: str = "channel",
 ) -> LoadResult:
     """Run the open-loop schedule inside the running event loop (see module doc)."""
     spec = TARGETS[target] if isinstance(target, str) else target
@@ -211,6 +225,8 @@ async def open_loop(
         raise LoadTestError(f"need rps > 0 and duration > 0, got rps={rps} duration={duration_s}")
     if channels < 1:
         raise LoadTestError(f"need channels >= 1, got {channels}")
+    if balance not in ("process", "channel"):
+        raise LoadTestError(f"balance must be 'process' or 'channel', got {balance!r}")
     parse_address(address)
     if make_request is None:
         make_request = echo_requests() if spec.name == "echo" else recommend_requests()
@@ -245,25 +261,54 @@ async def open_loop(
                         f"{address} cannot serve {spec.method}: {exc.code().name} "
                         f"{exc.details()}"
                     ) from None
+        groups = None
+        if balance == "process" and spec.served_by is not None and warmup_requests > 0:
+            groups = await _processes(calls, make_request, spec.served_by, max(timeout_s, 5.0))
         return await _schedule(spec, address, rps, duration_s, make_request, calls,
-                               timeout_s, max_inflight, progress)
+                               timeout_s, max_inflight, progress, groups)
     finally:
         await asyncio.gather(*(c.close() for c in chans), return_exceptions=True)
+
+
+async def _processes(calls: list[Any], make_request: Callable[[int], Any],
+                     served_by: Callable[[Any], str], timeout_s: float) -> list[list[int]]:
+    """The channels grouped by the server process they reach: one call on each, one after
+    the other (no burst at start); a channel whose call fails is a group of its own."""
+    groups: dict[str, list[int]] = {}
+    for j, call in enumerate(calls):
+        try:
+            name = served_by(await call(make_request(j), timeout=timeout_s))
+        except grpc.aio.AioRpcError:
+            name = f"?{j}"
+        groups.setdefault(name, []).append(j)
+    return list(groups.values())
 
 
 async def _schedule(
     spec: TargetSpec, address: str, rps: float, duration_s: float,
     make_request: Callable[[int], Any], calls: list[Any], timeout_s: float,
-    max_inflight: int, progress: ProgressFn | None,
+    max_inflight: int, progress: ProgressFn | None, groups: list[list[int]] | None = None,
 ) -> LoadResult:
     n = max(1, round(rps * duration_s))
-    res = LoadResult(spec.name, address, rps, duration_s, requests=n)
+    res = LoadResult(spec.name, address, rps, duration_s, requests=n,
+                     balance="process" if groups else "channel")
     res.per_second = [Histogram() for _ in range(max(1, math.ceil(duration_s)))]
     interval = 1.0 / rps
     clock = time.monotonic
     inflight: set[asyncio.Task[None]] = set()
     busy = [0] * len(calls)  # calls in flight per channel
-    is_degraded = spec.is_degraded
+    is_degraded, served_by = spec.is_degraded, spec.served_by
+    group_of = {c: g for g, chans in enumerate(groups or ()) for c in chans}
+    in_group = [0] * len(groups or ())  # calls in flight per server process
+    turn = [0] * len(groups or ())  # next channel of each process (round robin)
+
+    def pick(i: int) -> int:
+        if groups:  # least request over processes, ties in turn; their channels in turn
+            g = min(range(len(groups)), key=lambda x: (in_group[x], (x - i) % len(groups)))
+            turn[g] += 1
+            return groups[g][turn[g] % len(groups[g])]
+        c = i % len(busy)  # round robin, unless that channel is busy: then the least busy
+        return min(range(len(busy)), key=busy.__getitem__) if busy[c] else c
     t0 = clock() + 0.02
     window_end = t0 + duration_s
 
@@ -271,10 +316,11 @@ async def _schedule(
         code = "OK"
         sent = clock()
         res.send_lag.record(max(0.0, sent - scheduled) * 1e6)
-        c = i % len(busy)  # round robin, unless that channel is busy: then the least busy
-        if busy[c]:
-            c = min(range(len(busy)), key=busy.__getitem__)
+        c = pick(i)
+        g = group_of.get(c)
         busy[c] += 1
+        if g is not None:
+            in_group[g] += 1
         try:
             resp = await calls[c](make_request(i), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -284,6 +330,8 @@ async def _schedule(
         except Exception as exc:  # noqa: BLE001 - a bad request factory must not vanish
             code = f"CLIENT_{type(exc).__name__}"
         busy[c] -= 1
+        if g is not None:
+            in_group[g] -= 1
         done = clock()
         lat_us = (done - scheduled) * 1e6
         res.latency.record(lat_us)
@@ -295,6 +343,8 @@ async def _schedule(
                 res.ok_in_window += 1
             if is_degraded is not None and is_degraded(resp):
                 res.degraded += 1
+            if served_by is not None:
+                res.by_process[served_by(resp)] += 1
         else:
             res.errors_by_code[code] += 1
 

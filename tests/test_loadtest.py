@@ -18,6 +18,7 @@ import pytest
 
 from online.echo import EchoProcess
 from proto import recommend_pb2, recommend_pb2_grpc
+from recsys.embedded.redis_server import free_port
 from sim.histogram import Histogram
 from sim.loadtest import LoadTestError, recommend_requests, run_open_loop
 
@@ -119,6 +120,58 @@ def test_counts_errors_by_code_and_degraded_answers() -> None:
     assert res.ok == res.requests - refused
     assert res.degraded_rate == pytest.approx(degraded / res.ok)
     assert res.report()["errors"] == refused
+
+
+class _Process(recommend_pb2_grpc.RecommendServiceServicer):
+    """One of two 'server processes' on one SO_REUSEPORT port; counts the calls it holds."""
+
+    def __init__(self, name: str, delay_s: float) -> None:
+        self.name, self.delay_s = name, delay_s
+        self.held = self.most_held = 0
+        self.lock = threading.Lock()
+        self.core = threading.Lock()  # one call at a time: 1 / delay_s calls per second
+
+    def Recommend(self, request: recommend_pb2.RecommendRequest, context: grpc.ServicerContext
+                  ) -> recommend_pb2.RecommendResponse:
+        with self.lock:
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+        with self.core:
+            time.sleep(self.delay_s)
+        with self.lock:
+            self.held -= 1
+        return recommend_pb2.RecommendResponse(served_by=self.name)
+
+
+def test_least_request_over_server_processes() -> None:
+    """Two servers on one port (as `recsys serve --workers 2`), one ten times slower: the
+    'process' policy learns which channel reaches which and sends each call to the one with
+    fewer in flight, so the slow one (20 calls/s) never holds a pile of calls, as it does
+    when calls go to its channels blind (its share of the connections of 40 calls/s)."""
+    port = free_port()
+    procs = [_Process("fast", 0.005), _Process("slow", 0.05)]
+    servers = []
+    for proc in procs:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                             options=[("grpc.so_reuseport", 1)])
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(proc, server)
+        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+        server.start()
+        servers.append(server)
+    try:
+        res = run_open_loop("recommend", f"127.0.0.1:{port}", 40.0, 3.0,
+                            recommend_requests(users=50, k=1, seed=2), channels=16,
+                            balance="process")
+    finally:
+        for server in servers:
+            server.stop(0)
+    assert res.errors == 0 and res.balance == "process"
+    by = res.report()["calls_by_process"]
+    assert set(by) == {"fast", "slow"}, by  # the kernel gave both some of the 16 connections
+    assert sum(by.values()) == res.ok
+    slow = procs[1]
+    assert slow.most_held <= 2, f"the slow server held {slow.most_held} calls at once"
+    assert by["slow"] < by["fast"]
 
 
 def test_clear_errors_for_bad_or_unreachable_addresses() -> None:

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size")
     p.add_argument("--timeout-ms", type=float, default=1000.0, help="per-call deadline")
     p.add_argument("--channels", type=int, default=4, help="HTTP/2 connections (round robin)")
+    p.add_argument("--balance", choices=("channel", "process"), default="channel",
+                   help="channel: round robin over connections (default); process: least request "
+                   "over the server processes they reach (Recommend's served_by; sim.loadtest)")
     p.add_argument("--seed", type=int, help="request mix seed (default: settings sim_seed)")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--plot", type=Path, help="write a PNG latency plot here (needs matplotlib)")
@@ -112,7 +115,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 res = run_open_loop(
                     args.target, address, rps, args.duration, make_request,
                     timeout_s=args.timeout_ms / 1000.0, channels=args.channels,
-                    progress=_progress(args.quiet, args.duration),
+                    progress=_progress(args.quiet, args.duration), balance=args.balance,
                 )
                 if not args.quiet and sys.stderr.isatty():
                     print(file=sys.stderr)
