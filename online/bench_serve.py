@@ -43,7 +43,7 @@ from recsys.embedded.stack import embedded_stack
 from recsys.huge_pages import thp_mode
 from recsys.reports import write_json
 from recsys.settings import Settings, settings_to_env
-from sim.loadtest import LoadResult, recommend_requests, run_open_loop
+from sim.loadtest import BALANCES, LoadResult, recommend_requests, run_open_loop
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-changes-per-s", type=float, default=1000.0,
                    help="item stats rewritten and announced per second during the load, as the "
                         "feature dataflow would (popular items most often); 0: a frozen catalog")
-    p.add_argument("--balance", choices=("channel", "process"), default="channel",
+    p.add_argument("--balance", choices=BALANCES, default="channel",
                    help="how the load generator spreads calls over the scorer processes "
                    "(sim.loadtest): channel (default: as any client of one SO_REUSEPORT "
                    "address) or process (least request, as with one endpoint per worker)")

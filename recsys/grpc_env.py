@@ -9,7 +9,7 @@ What it selects: gRPC's older epoll-based I/O manager instead of the EventEngine
 listeners, client channels and other endpoints. On a small server the EventEngine hands every
 read and write completion to a thread of its own pool, which then wakes the thread that polls
 the completion queue, which wakes the asyncio loop: with HTTP/2 BDP pings off as well
-(``online.server.GRPC_OPTIONS``), a bare echo call cost the server 7.8 context switches instead
+(``online.server.GRPC_OPTIONS``), a bare echo call cost the server 7.9 context switches instead
 of 17.8, and 0.57 instead of 0.67 ms of CPU; the load generator 2.7 instead of 7.4 switches
 (BENCHMARKS.md, "fifth session"). Where a later gRPC no longer knows these experiments, it logs
 "Unknown experiment" once at start and runs as it would have anyway.

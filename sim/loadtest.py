@@ -48,6 +48,7 @@ import grpc.aio
 from proto import events_pb2, recommend_pb2
 from sim.histogram import Histogram
 
+BALANCES = ("channel", "process")  # policies of ``open_loop(balance=...)`` (module doc)
 PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
 CLIENT_BACKLOG = "CLIENT_BACKLOG"  # not sent: too many calls already in flight
 
@@ -225,8 +226,8 @@ async def open_loop(
         raise LoadTestError(f"need rps > 0 and duration > 0, got rps={rps} duration={duration_s}")
     if channels < 1:
         raise LoadTestError(f"need channels >= 1, got {channels}")
-    if balance not in ("process", "channel"):
-        raise LoadTestError(f"balance must be 'process' or 'channel', got {balance!r}")
+    if balance not in BALANCES:
+        raise LoadTestError(f"balance must be one of {', '.join(BALANCES)}, got {balance!r}")
     parse_address(address)
     if make_request is None:
         make_request = echo_requests() if spec.name == "echo" else recommend_requests()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from recsys.settings import Settings
 from sim.loadtest import (
+    BALANCES,
     LoadResult,
     LoadTestError,
     echo_requests,
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size")
     p.add_argument("--timeout-ms", type=float, default=1000.0, help="per-call deadline")
     p.add_argument("--channels", type=int, default=4, help="HTTP/2 connections (round robin)")
-    p.add_argument("--balance", choices=("channel", "process"), default="channel",
+    p.add_argument("--balance", choices=BALANCES, default="channel",
                    help="channel: round robin over connections (default); process: least request "
                    "over the server processes they reach (Recommend's served_by; sim.loadtest)")
     p.add_argument("--seed", type=int, help="request mix seed (default: settings sim_seed)")
