@@ -20,7 +20,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,17 @@ def throughput(ds: SessionDataset, cfg: TrainConfig, device: torch.device, steps
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
 
+def write_vocab(path: Path, sessions: Sequence[npt.NDArray[np.int64]]) -> int:
+    """``item_ids.json`` for the serving side ({item_id: id-embedding row}): every item of the
+    training sessions, under the id `recsys replay` gives it (the dataset's id as a string);
+    the scorer's session tower maps a session's items with it (``online.tower``). Returns its
+    size."""
+    seen = np.unique(np.concatenate([s for s in sessions if s.size] or [np.zeros(0, np.int64)]))
+    vocab = {str(i): i for i in seen.tolist() if i > 0}
+    write_json(path, vocab)
+    return len(vocab)
+
+
 def run(
     dataset: str | Path, report: str | Path | None, cfg: TrainConfig, device_name: str = "cpu",
     threads: int | None = 2, registry_root: str | Path | None = None, promote: bool = False,
@@ -278,8 +289,9 @@ def run(
         headline = {k: out[k] for k in ("model", "p_at_20", "mrr_at_20", "ndcg_at_20",
                                         "train_s", "device", "dataset")}
         with tempfile.TemporaryDirectory() as staging:
-            tmp = res.model.save(Path(staging) / "model.pt", extra={"dataset": str(dataset)})
-            version = reg.register("two_tower", tmp, headline, res.model.config.to_dict())
+            res.model.save(Path(staging) / "model.pt", extra={"dataset": str(dataset)})
+            write_vocab(Path(staging) / "item_ids.json", ds.train_sessions)
+            version = reg.register("two_tower", staging, headline, res.model.config.to_dict())
         out["registry"] = {"root": str(registry_root), "name": "two_tower", "version": version,
                            "promoted": promote}
         if promote:

@@ -18,6 +18,9 @@ CANDIDATES = Histogram("recsys_serve_candidates", "candidates per source", ["sou
                        buckets=(0, 1, 5, 10, 25, 50, 100, 200, 500, 1000))
 PREDICTED = Gauge("recsys_serve_mean_prediction", "mean predicted probability of served items",
                   ["head"])
+ANN_QUERIES = Counter("recsys_serve_ann_queries_total",
+                      "ANN source queries by query vector: the promoted two-tower's session tower "
+                      "(tower) or the recent items' pooled item2vec vectors (item2vec)", ["space"])
 SOURCE_ERRORS = Counter("recsys_serve_source_errors_total", "retrieval sources that failed", ["source"])
 IMPRESSIONS_DROPPED = Counter("recsys_serve_impressions_dropped_total",
                               "impressions not logged (Kafka queue full or down)")

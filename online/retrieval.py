@@ -70,25 +70,40 @@ class CovisitSource:
 
 @dataclass
 class SessionAnnSource:
-    """Nearest neighbours (HNSW replica) of the pooled vectors of the recently viewed items,
-    most recent weighted most: the session's item2vec / two-tower neighbourhood."""
+    """Nearest neighbours of the session: the promoted two-tower's session-tower vector of the
+    recently viewed items, searched among that model's item vectors (``online.tower``), or,
+    until such a model is loaded or when it knows none of the items, the recency-weighted mean
+    of their item2vec vectors searched in the item2vec replica."""
 
-    index: Callable[[], Any]  # -> AnnIndex | None (the follower's current index)
+    index: Callable[[], Any]  # -> AnnIndex | None (the item2vec follower's current index)
     quota: int = 150
     name: str = "ann"
+    tower: Callable[[], Any] = lambda: None  # -> online.tower.Tower | None
 
     def fetch(self, q: Query) -> Rows:
-        idx = self.index()
-        if idx is None or not q.state.last_viewed or not len(idx):
+        recent = q.state.last_viewed
+        if not recent:
             return []
-        found, vecs = idx.get_vectors(q.state.last_viewed)
+        tower = self.tower()
+        if tower is not None:
+            idx = tower.index()
+            if idx is not None and len(idx):
+                vec = tower.user_vector(recent)
+                if vec is not None:
+                    metrics.child(metrics.ANN_QUERIES, "tower").inc()
+                    return list(idx.query(vec, self.quota, exclude=set(recent)))
+        idx = self.index()
+        if idx is None or not len(idx):
+            return []
+        found, vecs = idx.get_vectors(recent)
         if not found:
             return []
         weights = 0.7 ** np.asarray(found, dtype=np.float32)  # [m]
         pooled = (weights @ vecs) / weights.sum()  # [dim] recency-weighted mean
         if not np.any(pooled):
             return []
-        return list(idx.query(pooled, self.quota, exclude=set(q.state.last_viewed)))
+        metrics.child(metrics.ANN_QUERIES, "item2vec").inc()
+        return list(idx.query(pooled, self.quota, exclude=set(recent)))
 
     def lists(self, q: Query) -> list[ListRef]:
         return []

@@ -32,6 +32,7 @@ from online.item_feed import ItemChangeFollower
 from online.ranking import ModelHolder, default_loader
 from online.servicer import RecommendServicer
 from online.store import RedisStore, StateStore
+from online.tower import TowerHolder
 from proto import recommend_pb2, recommend_pb2_grpc
 from proto.keys import Keys
 from recsys import grpc_env, huge_pages
@@ -69,19 +70,22 @@ class ScorerServer:
     models: ModelHolder
     follower: IndexFollower | None = None
     item_changes: ItemChangeFollower | None = None
+    tower: TowerHolder | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         self.host.stop(grace)
         _stop_background(self.refresher, self.models, self.follower, self.item_changes,
-                         self.servicer.impressions)
+                         self.servicer.impressions, tower=self.tower)
 
 
 def _stop_background(refresher: Refresher, models: ModelHolder, follower: IndexFollower | None,
                      item_changes: ItemChangeFollower | None, impressions: ImpressionLogger | None,
-                     flush_s: float = 5.0) -> None:
+                     flush_s: float = 5.0, tower: TowerHolder | None = None) -> None:
     """Stop the scorer's background threads; impressions still queued get ``flush_s``."""
     refresher.stop()
     models.stop()
+    if tower is not None:
+        tower.stop()
     if follower is not None:
         follower.stop()
     if item_changes is not None:
@@ -164,7 +168,10 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
                          settings.model_reload_s).start()
     follower = _ann_follower(settings) if settings.ann_enabled and ann is None else None
     index = ann if ann is not None else (lambda: follower.index if follower else None)
-    servicer = RecommendServicer(settings, store, impressions, models, index)
+    # the promoted two-tower's session tower, when there is one (else item2vec pooling)
+    tower = TowerHolder(settings).start() if settings.ann_enabled and ann is None else None
+    servicer = RecommendServicer(settings, store, impressions, models, index,
+                                 tower=(lambda: tower.current) if tower else None)
     item_changes = _item_changes(settings, store)
     refresher = Refresher(servicer, store, settings.top_sellers_refresh_s)
     refresher.refresh_once()
@@ -177,9 +184,10 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
                 RecommendService(servicer), server),
             f"{settings.grpc_host}:{bind_port}", [SERVICE_NAME], GRPC_OPTIONS)
     except OSError as exc:  # nothing started here may outlive the failed start
-        _stop_background(refresher, models, follower, item_changes, impressions, flush_s=1.0)
+        _stop_background(refresher, models, follower, item_changes, impressions, flush_s=1.0,
+                         tower=tower)
         raise RuntimeError(str(exc)) from exc
-    return ScorerServer(host, host.port, servicer, refresher, models, follower, item_changes)
+    return ScorerServer(host, host.port, servicer, refresher, models, follower, item_changes, tower)
 
 
 def serve(settings: Settings, workers: int | None = None, worker_index: int = 0) -> int:

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,7 @@ class RecommendServicer:
 
     def __init__(self, settings: Settings, store: StateStore,
                  impressions: ImpressionLogger | None = None, models: ModelHolder | None = None,
-                 ann_index: Any = None) -> None:
+                 ann_index: Any = None, tower: Callable[[], Any] | None = None) -> None:
         self.s = settings
         self.store = store
         self.impressions = impressions
@@ -120,7 +121,8 @@ class RecommendServicer:
         self.served_by = f"{socket.gethostname()}:{os.getpid()}"  # this process, in responses
         ann = ann_index if callable(ann_index) else (lambda: ann_index)
         self.sources: list[R.Source] = [
-            R.CovisitSource(store), R.SessionAnnSource(ann), R.TrendingSource(store),
+            R.CovisitSource(store), R.SessionAnnSource(ann, tower=tower or (lambda: None)),
+            R.TrendingSource(store),
             R.NewItemsSource(store), R.PopularSource(store),
             R.TopSellersSource(lambda: self.fallback.items),
         ]

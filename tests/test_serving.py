@@ -221,7 +221,8 @@ def test_a_server_that_cannot_bind_stops_what_it_started(settings):
     """No follower, reload or impression thread may outlive a failed start (the port or host
     is unusable): a supervisor that retries must not pile them up."""
     def ours() -> set[str]:
-        names = {"refresher", "model-reload", "ann-follower", "impressions", "item-changes"}
+        names = {"refresher", "model-reload", "ann-follower", "impressions", "item-changes",
+                 "tower-reload"}
         return {t.name for t in threading.enumerate() if t.name in names}
     before = ours()
     with pytest.raises(RuntimeError, match="cannot bind"):

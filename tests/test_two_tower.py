@@ -219,6 +219,11 @@ def test_cli_trains_reports_and_registers(tmp_path: Path, capsys: pytest.Capture
     assert current is not None and current.version == "v1"
     assert current.metrics["p_at_20"] == out["p_at_20"]
     assert TwoTower.load(current.model_file).config.dim == 16
+    # the serving side's vocabulary: each training item under the id `recsys replay` gives it
+    with gzip.open(data / "train_sessions.txt.gz", "rt") as fh:
+        seen = {int(t) for line in fh for t in line.split()}
+    vocab = json.loads((current.path / "item_ids.json").read_text())
+    assert vocab == {str(i): i for i in seen}
     assert recsys_main(["--state-dir", str(tmp_path / "state"), "train", "list", "--out", str(reg)]) == 0
     assert "* two_tower v1" in capsys.readouterr().out
 
