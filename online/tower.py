@@ -161,13 +161,17 @@ class TowerHolder:
             return False
         if mv is None or mv.version == self.seen:
             return False
-        self.seen = mv.version
         try:
             tower = self.load(mv)
+        except (redis.RedisError, OSError) as exc:  # transient: the next poll tries again
+            log.warning("two-tower %s not loaded yet, keeping %s: %s", mv.version, self._serving(), exc)
+            return False
         except Exception as exc:  # noqa: BLE001 - a bad model must never take serving down
+            self.seen = mv.version  # not retried: it would fail the same way
             log.warning("two-tower %s not used for retrieval, keeping %s: %s", mv.version,
                         self._serving(), exc)
             return False
+        self.seen = mv.version
         old, self.current = self.current, tower  # atomic reference swap
         if old is not None:
             old.close()

@@ -169,3 +169,26 @@ def test_unusable_versions_keep_what_is_served(shop, tmp_path: Path):
         assert not resp.degraded and len(resp.items) == 5
     finally:
         srv.stop(0)
+
+
+def test_a_redis_outage_while_loading_is_retried(shop, redis_client, tmp_path: Path):
+    """A content model's index is followed from Redis: if Redis is unreachable when the version
+    is promoted, the next poll loads it (it is not written off as unusable)."""
+    from online.tower import TowerHolder
+    from recsys.embedded.redis_server import free_port
+
+    torch.manual_seed(13)
+    model = TwoTower(TwoTowerConfig(n_items=20, dim=8, n_categories=4)).eval()
+    version = _promote(shop, model, tmp_path, {"s0": 1, "s3": 2})
+    EmbeddingStore(redis_client, tower_keys(shop.redis_prefix, version)).put_many(
+        HATS, np.eye(8, dtype=np.float32))
+    holder = TowerHolder(shop.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        assert not holder.check_once() and holder.current is None  # nothing listens there
+        holder.s = shop  # Redis is back
+        assert holder.check_once()
+        assert holder.current is not None and holder.current.version == version
+        index = holder.current.index()
+        assert index is not None and all(i in index for i in HATS)
+    finally:
+        holder.stop()
