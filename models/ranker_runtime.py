@@ -168,6 +168,15 @@ def fuse(model: nn.Module, bf16: bool = False) -> nn.Module:
         return model
 
 
+def trace_frozen(module: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Module:
+    """``module`` (in eval mode) traced on ``example`` and frozen into a TorchScript graph,
+    torch.jit's deprecation notice silenced; raises what tracing raises (callers fall back to
+    the eager module)."""
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cast(nn.Module, torch.jit.freeze(torch.jit.trace(module.eval(), example)))
+
+
 def freeze(model: nn.Module, cfg: RankerConfig) -> nn.Module:
     """The model as a frozen TorchScript graph (traced on a small batch: every op is batch-size
     polymorphic; weights folded in as constants). It saves the per-module Python dispatch of
@@ -176,9 +185,7 @@ def freeze(model: nn.Module, cfg: RankerConfig) -> nn.Module:
     sparse = torch.zeros((8, len(cfg.sparse)), dtype=torch.int64)
     dense = torch.zeros((8, len(cfg.dense)), dtype=torch.float32)
     try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cast(nn.Module, torch.jit.freeze(torch.jit.trace(model.eval(), (sparse, dense))))
+        return trace_frozen(model, (sparse, dense))
     except Exception as exc:  # noqa: BLE001 - an optimisation; the eager model serves the same
         warnings.warn(f"TorchScript freeze failed, serving the eager model: {exc}", stacklevel=2)
         return model

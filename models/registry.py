@@ -33,6 +33,10 @@ from typing import Any
 
 POINTER = "CURRENT.json"
 MANIFEST = "manifest.json"
+# the retrieval model: registered by ``models.train_two_tower``, read by the embeddings
+# dataflow (``streams.tower_embedder``) and the scorer (``online.tower``)
+TWO_TOWER = "two_tower"
+TWO_TOWER_VOCAB = "item_ids.json"  # in its version folder: {item_id: id-embedding row}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION_RE = re.compile(r"^v(\d+)$")
 

@@ -30,7 +30,7 @@ import torch
 
 from models import metrics
 from models.device import DeviceError, describe, resolve_device, synchronize
-from models.registry import ModelRegistry
+from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry
 from models.session_data import (
     DatasetError,
     Examples,
@@ -290,12 +290,12 @@ def run(
                                         "train_s", "device", "dataset")}
         with tempfile.TemporaryDirectory() as staging:
             res.model.save(Path(staging) / "model.pt", extra={"dataset": str(dataset)})
-            write_vocab(Path(staging) / "item_ids.json", ds.train_sessions)
-            version = reg.register("two_tower", staging, headline, res.model.config.to_dict())
-        out["registry"] = {"root": str(registry_root), "name": "two_tower", "version": version,
+            write_vocab(Path(staging) / TWO_TOWER_VOCAB, ds.train_sessions)
+            version = reg.register(TWO_TOWER, staging, headline, res.model.config.to_dict())
+        out["registry"] = {"root": str(registry_root), "name": TWO_TOWER, "version": version,
                            "promoted": promote}
         if promote:
-            reg.promote("two_tower", version)
+            reg.promote(TWO_TOWER, version)
         log(f"registered two_tower {version} under {registry_root}" + (" (promoted)" if promote else ""))
     if report is not None:
         rp = Path(report)

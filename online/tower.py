@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +37,15 @@ import numpy.typing as npt
 import redis
 import torch
 
-from models.registry import ModelRegistry, ModelVersion, default_root
+from models.ranker_runtime import trace_frozen
+from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry, ModelVersion, default_root
 from online.ann.follower import IndexFollower
 from online.ann.index import AnnIndex
 from proto.keys import Keys
 from recsys.settings import Settings, resolve_redis_url
 from streams.embeddings import tower_keys
-from streams.tower_embedder import TOWER_NAME
 
 log = logging.getLogger(__name__)
-VOCAB_FILE = "item_ids.json"
 
 
 class TowerUnusable(ValueError):
@@ -106,10 +104,7 @@ def session_encoder(model: Any, max_len: int) -> Callable[[torch.Tensor], torch.
     example = torch.zeros((1, max_len), dtype=torch.int64)
     example[0, -1] = 1
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-            traced = torch.jit.freeze(torch.jit.trace(tower, (example,), check_trace=False).eval())
-        return traced  # type: ignore[no-any-return]
+        return trace_frozen(tower, (example,))
     except Exception as exc:  # noqa: BLE001 - eager is the same function, only slower
         log.warning("session tower not traced, serving it eagerly: %s", str(exc).splitlines()[0])
         return tower  # type: ignore[no-any-return]
@@ -155,7 +150,7 @@ class TowerHolder:
         """Load the promoted version if it changed; True when a new one was swapped in. Any
         failure logs and keeps what is served."""
         try:
-            mv = self.registry.current(TOWER_NAME)
+            mv = self.registry.current(TWO_TOWER)
         except Exception as exc:  # noqa: BLE001 - an unreadable registry must not stop serving
             log.warning("two-tower registry unreadable, keeping %s: %s", self._serving(), exc)
             return False
@@ -182,9 +177,9 @@ class TowerHolder:
     def load(self, mv: ModelVersion) -> Tower:
         from models.two_tower import TwoTower
 
-        vocab_file = mv.path / VOCAB_FILE
+        vocab_file = mv.path / TWO_TOWER_VOCAB
         if not vocab_file.is_file():
-            raise TowerUnusable(f"no {VOCAB_FILE}: the session tower cannot map item ids to its rows")
+            raise TowerUnusable(f"no {TWO_TOWER_VOCAB}: the session tower cannot map item ids to its rows")
         model = TwoTower.load(mv.model_file)
         cfg = model.config
         if cfg.user_features:

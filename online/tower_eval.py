@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import ModelRegistry, default_root
+from models.registry import TWO_TOWER, ModelRegistry, default_root
 from models.session_data import dataset_files, pad_prefixes, read_test
 from models.train_two_tower import rank_labels, summarize
 from online.tower import Tower, TowerHolder
 from recsys.reports import write_json
 from recsys.settings import load_settings
-from streams.tower_embedder import TOWER_NAME
 
 K = 20
 
@@ -64,13 +63,13 @@ def serving_ranks(tower: Tower, prefixes: list[np.ndarray], labels: np.ndarray, 
 
 def evaluate(dataset: str | Path, registry: str | Path, session: int, limit: int | None = None,
              log: Any = print) -> dict[str, Any]:
-    mv = ModelRegistry(registry).current(TOWER_NAME)
+    mv = ModelRegistry(registry).current(TWO_TOWER)
     if mv is None:
-        raise SystemExit(f"no promoted {TOWER_NAME} under {registry}")
+        raise SystemExit(f"no promoted {TWO_TOWER} under {registry}")
     t0 = time.perf_counter()
     tower = TowerHolder(load_settings(), registry_root=Path(registry)).load(mv)
     load_s = time.perf_counter() - t0
-    log(f"{TOWER_NAME} {mv.version}: {len(tower.vocab)} items, index built in {load_s:.1f} s")
+    log(f"{TWO_TOWER} {mv.version}: {len(tower.vocab)} items, index built in {load_s:.1f} s")
     prefixes, labels = read_test(dataset_files(dataset)[1])
     if limit:
         prefixes, labels = prefixes[:limit], labels[:limit]

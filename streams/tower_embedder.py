@@ -10,13 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import ModelRegistry, RegistryError
+from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry, RegistryError
 from streams.emb_vectors import hashed_id, price_bucket
 from streams.embeddings import CatalogInfo, tower_keys
 
 log = logging.getLogger(__name__)
-TOWER_NAME = "two_tower"
-
 
 
 class TowerEmbedder:
@@ -52,7 +50,7 @@ class TowerEmbedder:
             return False
         self.next_check = now_s + self.check_s
         try:
-            cur = self.registry.current(TOWER_NAME)
+            cur = self.registry.current(TWO_TOWER)
         except (RegistryError, OSError) as exc:
             log.warning("two-tower registry unreadable, keeping %s: %s", self.version, exc)
             return False
@@ -66,7 +64,7 @@ class TowerEmbedder:
 
             torch.set_num_threads(1)
             model = TwoTower.load(cur.model_file)
-            vocab_file = cur.path / "item_ids.json"
+            vocab_file = cur.path / TWO_TOWER_VOCAB
             vocab = json.loads(vocab_file.read_text()) if vocab_file.is_file() else {}
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             log.error("two-tower %s unusable, no item-tower vectors: %s", cur.version, exc)
@@ -103,4 +101,4 @@ class TowerEmbedder:
             return np.asarray(self.model.item_vectors(ids, feats).numpy(), dtype=np.float32)
 
 
-__all__ = ["TOWER_NAME", "TowerEmbedder"]
+__all__ = ["TowerEmbedder"]
