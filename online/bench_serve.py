@@ -161,7 +161,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
     finally:
         proc.terminate()
         proc.wait(30)
-    with EchoProcess() as echo:
+    with EchoProcess(loop=s.grpc_event_loop) as echo:
         echo_max, echo_runs = max_rate(echo.address, "echo", _rates(args.echo_rates), args.step_s,
                                        args.slo_ms, None, retries=args.retries)
     report = {

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from online.aio_host import AioServer
+from online.aio_host import EVENT_LOOPS, AioServer
 from online.server import GRPC_OPTIONS
 from proto import recommend_pb2, recommend_pb2_grpc
 
@@ -46,22 +46,23 @@ class EchoServicer(recommend_pb2_grpc.EchoServiceServicer):
         return recommend_pb2.EchoReply(payload=request.payload)
 
 
-def make_echo_server(host: str = "127.0.0.1", port: int = 0) -> AioServer:
-    """A started echo server (``.port``: the port it bound; ``port=0`` picks a free one)."""
+def make_echo_server(host: str = "127.0.0.1", port: int = 0, loop: str = "uvloop") -> AioServer:
+    """A started echo server (``.port``: the port it bound; ``port=0`` picks a free one) on
+    event loop ``loop`` (``online.aio_host.EVENT_LOOPS``)."""
     return AioServer(
         lambda server: recommend_pb2_grpc.add_EchoServiceServicer_to_server(EchoServicer(), server),
-        f"{host}:{port}", [ECHO_SERVICE], SERVER_OPTIONS)
+        f"{host}:{port}", [ECHO_SERVICE], SERVER_OPTIONS, loop=loop)
 
 
 class EchoProcess:
     """The echo server in a child process (``python -m online.echo``); a context manager."""
 
-    def __init__(self, host: str = "127.0.0.1", timeout_s: float = 20.0) -> None:
+    def __init__(self, host: str = "127.0.0.1", timeout_s: float = 20.0, loop: str = "uvloop") -> None:
         root = Path(__file__).resolve().parent.parent
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "online.echo", "--host", host, "--port", "0"],
+            [sys.executable, "-m", "online.echo", "--host", host, "--port", "0", "--loop", loop],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env,
         )
         self.host = host
@@ -104,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m online.echo", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--loop", choices=EVENT_LOOPS, default="uvloop", help="the gRPC thread's event loop")
     args = p.parse_args(argv)
     try:
-        server = make_echo_server(args.host, args.port)
+        server = make_echo_server(args.host, args.port, args.loop)
     except OSError as exc:
         print(f"echo: {exc}", file=sys.stderr)
         return 2

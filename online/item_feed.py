@@ -116,7 +116,7 @@ class ItemChangeFollower:
                 entries_read += 1
                 self.last_id = _text(entry_id)
         self._refresh(changed)
-        if entries_read and self._trimmed_past(before):
+        if entries_read >= min(self.count, self.maxlen) and self._trimmed_past(before):
             GAPS.inc()
             log.warning("item changelog trimmed past the follower's place (%s): every row re-read",
                         before)
@@ -141,7 +141,13 @@ class ItemChangeFollower:
         """Whether entries after ``before`` may have been trimmed before they were read.
         Trimming keeps at least ``CHANGELOG_MAXLEN`` entries, so a shorter log was never
         trimmed; else the oldest entry left (checked after the read: trimming only moves it
-        forward) must not be newer than ``before``."""
+        forward) must not be newer than ``before``.
+
+        Only asked after a read of ``min(count, maxlen)`` entries or more: had an entry after
+        ``before`` been trimmed, the at least ``maxlen`` entries newer than it, all after
+        ``before``, were in the log when the read began, so the read returned ``count`` or
+        ``maxlen`` of them. A shorter read proves no gap without this extra round trip (which
+        cost 1.5% of a scorer's CPU under the benchmark's 1,000 item changes a second)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.xlen(self.key)
         pipe.xrange(self.key, count=1)

@@ -182,7 +182,8 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
         host = AioServer(
             lambda server: recommend_pb2_grpc.add_RecommendServiceServicer_to_server(
                 RecommendService(servicer), server),
-            f"{settings.grpc_host}:{bind_port}", [SERVICE_NAME], GRPC_OPTIONS)
+            f"{settings.grpc_host}:{bind_port}", [SERVICE_NAME], GRPC_OPTIONS,
+            loop=settings.grpc_event_loop)
     except OSError as exc:  # nothing started here may outlive the failed start
         _stop_background(refresher, models, follower, item_changes, impressions, flush_s=1.0,
                          tower=tower)
@@ -207,7 +208,7 @@ def serve(settings: Settings, workers: int | None = None, worker_index: int = 0)
     print(f"scorer worker {worker_index}: RecommendService on {settings.grpc_host}:{scorer.port} "
           f"(health + reflection on); metrics on :{metrics_port}; malloc on huge pages: "
           f"{'yes' if huge_pages.active() else 'no'} (THP {huge_pages.thp_mode()}); gRPC I/O: "
-          f"{grpc_env.describe()}", flush=True)
+          f"{grpc_env.describe()}, {scorer.host.loop_name} event loop", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

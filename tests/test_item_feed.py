@@ -125,6 +125,11 @@ def test_a_follower_that_loses_redis_stops_vouching(settings, redis_client):
         follower.stop()
 
 
+def _calls(client: redis.Redis, command: str) -> int:
+    """How many times redis-server has run ``command`` (INFO commandstats)."""
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
 def test_a_changelog_trimmed_past_the_follower_invalidates_every_row(settings, redis_client):
     k = Keys(settings.redis_prefix)
     log = k.item_changelog()
@@ -137,7 +142,9 @@ def test_a_changelog_trimmed_past_the_follower_invalidates_every_row(settings, r
     follower.poll_once()  # pinned at the (empty) log's end
     for _ in range(2):  # changes of "x"
         redis_client.xadd(log, {"ids": b"\x91\xa1x"})
+    xlen_calls = _calls(redis_client, "xlen")
     assert follower.poll_once() == 2 and _ctr(store, "a", "b") == [0.01, 0.01]  # never trimmed
+    assert _calls(redis_client, "xlen") == xlen_calls  # a read shorter than maxlen proves it
     _set_ctr(redis_client, k, "b", 0.03)  # its announcement ...
     redis_client.xadd(log, {"ids": b"\x91\xa1b"})
     for _ in range(3):

@@ -35,6 +35,7 @@ def test_unknown_keys_are_errors(tmp_path: Path) -> None:
     ({"RECSYS_K_DEFAULT": "500"}, "k_default"),
     ({"RECSYS_AB_ARMS": "model,bogus"}, "ab_arms"),
     ({"RECSYS_RANKER_BF16": "yes"}, "ranker_bf16 must be auto, on or off"),
+    ({"RECSYS_GRPC_EVENT_LOOP": "trio"}, "grpc_event_loop must be uvloop or asyncio"),
     ({"RECSYS_ITEM_REFRESH_HOT_S": "-1"}, "item_refresh_hot_s"),
 ])
 def test_bad_values_are_clear_errors(env: dict[str, str], fragment: str) -> None:
