@@ -29,9 +29,10 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsys.settings import GRPC_EVENT_LOOPS as EVENT_LOOPS
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def new_event_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:

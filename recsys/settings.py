@@ -26,6 +26,10 @@ ENV_PREFIX = "RECSYS_"
 CONFIG_ENV = "RECSYS_CONFIG"
 
 
+# the event loops a gRPC server thread can run on (``online.aio_host``), the default first
+GRPC_EVENT_LOOPS = ("uvloop", "asyncio")
+
+
 class SettingsError(ValueError):
     """A setting is unknown, malformed or unusable."""
 
@@ -315,8 +319,9 @@ def _validate(s: Settings) -> None:
         raise SettingsError("explore_epsilon must be in [0, 1] and explore_slots positions (ints)")
     if s.item_refresh_hot_s < 0:
         raise SettingsError(f"item_refresh_hot_s must be >= 0, got {s.item_refresh_hot_s}")
-    if s.grpc_event_loop not in ("uvloop", "asyncio"):
-        raise SettingsError(f"grpc_event_loop must be uvloop or asyncio, got {s.grpc_event_loop!r}")
+    if s.grpc_event_loop not in GRPC_EVENT_LOOPS:
+        raise SettingsError(f"grpc_event_loop must be {' or '.join(GRPC_EVENT_LOOPS)}, "
+                            f"got {s.grpc_event_loop!r}")
     if s.ranker_bf16 not in ("auto", "on", "off"):
         raise SettingsError(f"ranker_bf16 must be auto, on or off, got {s.ranker_bf16!r}")
 
