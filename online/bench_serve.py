@@ -1,21 +1,27 @@
 """Serving benchmark: Recommend (full two-stage path) vs a bare gRPC echo, same framework.
 
-1. loads ``--items`` items into Redis: catalog rows, item stats, popularity, top sellers,
+1. the baseline first, on the quiet machine: a bare echo server on the same gRPC host and
+   event loop, driven at rising rates (``--echo-rates``);
+2. loads ``--items`` items into Redis: catalog rows, item stats, popularity, top sellers,
    trending per category, new items, co-visitation lists, user sessions and features, and a
    64-d vector per item (embedding store + changelog); builds the HNSW snapshot the scorer
    loads; registers a multi-task ranker (the promoted `mmoe` of the state dir if there is one,
    else an untrained MMoE: latency is what is measured);
-2. starts `recsys serve` and, separately, the echo server; drives open-loop load at rising
-   rates against each (``sim.loadtest``) and finds the highest rate with p99 <= ``--slo-ms``
-   and no errors (a step that misses is re-run ``--retries`` times: transient VM stalls);
-   measures p50/p99 at half of Recommend's max; reads per-stage p99s from the scorers'
-   metrics (all workers) and, per worker, its share of the half-load run and its mean handler
-   and ranking times (``half_load_per_worker``). Load starts once every worker has preloaded
-   its item rows (``item_preload``); with several workers the load uses 128 connections per
-   worker, so SO_REUSEPORT's per-connection hash spreads it evenly. While the load runs, a
-   thread plays the feature dataflow: ``--item-changes-per-s`` item stats rewritten and
-   announced on the item changelog (``bench_data.ItemChurn``), so the scorers re-read changed
-   rows as they do in production.
+3. starts `recsys serve` and, once every worker has preloaded its item rows
+   (``item_preload``), drives open-loop load at rising rates (``sim.loadtest``).
+
+For each target it finds the highest rate with p99 <= ``--slo-ms``, no errors and 95% of the
+rate achieved (a step that misses is re-run ``--retries`` times: transient VM stalls; every
+try is kept, with its per-second p99s). It then measures p50/p99 at half of Recommend's max and
+reads per-stage p99s from the scorers' metrics (all workers) and, per worker, its share of the
+half-load run and its mean handler and ranking times (``half_load_per_worker``).
+
+The load generator holds ``--channels-per-worker`` HTTP/2 connections per worker and sends
+each call to the worker with the fewest calls in flight (``--balance process``: what an L7
+balancer such as Envoy does with an endpoint per worker; the echo baseline, one process, gets
+as many connections). While the load runs, a thread plays the feature dataflow:
+``--item-changes-per-s`` item stats rewritten and announced on the item changelog
+(``bench_data.ItemChurn``), so the scorers re-read changed rows as they do in production.
 Starts an embedded broker and redis unless RECSYS_KAFKA_BOOTSTRAP / RECSYS_REDIS_URL are set.
 """
 
@@ -53,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--rates", default="100,200,300,400,500,600,800,1000",
                    help="comma-separated Recommend rates to try, rising")
-    p.add_argument("--echo-rates", default="500,1000,1500,2000,2500,3000,4000")
+    p.add_argument("--echo-rates", default="500,1000,1500,2000,2500,3000,4000,5000,6000",
+                   help="comma-separated echo rates to try, rising (empty: no baseline)")
     p.add_argument("--step-s", type=float, default=8.0, help="seconds per rate")
     p.add_argument("--slo-ms", type=float, default=50.0, help="p99 bound for a rate to count")
     p.add_argument("--retries", type=int, default=1, help="re-runs of a step that misses the SLO")
@@ -63,28 +70,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-changes-per-s", type=float, default=1000.0,
                    help="item stats rewritten and announced per second during the load, as the "
                         "feature dataflow would (popular items most often); 0: a frozen catalog")
-    p.add_argument("--balance", choices=BALANCES, default="channel",
+    p.add_argument("--balance", choices=BALANCES, default="process",
                    help="how the load generator spreads calls over the scorer processes "
-                   "(sim.loadtest): channel (default: as any client of one SO_REUSEPORT "
-                   "address) or process (least request, as with one endpoint per worker)")
+                   "(sim.loadtest): process (default: least request, as an L7 balancer with "
+                   "an endpoint per worker) or channel (blind round robin, as any client of one "
+                   "SO_REUSEPORT address: give it ~128 channels per worker for an even split)")
+    p.add_argument("--channels-per-worker", type=int, default=8,
+                   help="HTTP/2 connections per scorer process (default 8; the echo baseline, "
+                   "one process, gets as many)")
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--seed", type=int, default=3)
 
 
 def max_rate(address: str, target: str, rates: list[float], step_s: float, slo_ms: float,
-             make_request: Any, channels: int = 4, retries: int = 1, balance: str = "channel"
-             ) -> tuple[float, list[dict[str, Any]]]:
+             make_request: Any, channels: int = 4, retries: int = 1, balance: str = "channel",
+             processes: int | None = None) -> tuple[float, list[dict[str, Any]]]:
     """The highest of ``rates`` (rising) that meets the SLO; a step that misses it is run
     again up to ``retries`` times (a shared VM has transient stalls) and every try is kept."""
     best, runs = 0.0, []
     for rps in rates:
         for attempt in range(retries + 1):
             res: LoadResult = run_open_loop(target, address, rps, step_s, make_request, channels=channels,
-                                            balance=balance)
+                                            balance=balance, processes=processes)
             rep = res.report()
             ok = rep["errors"] == 0 and rep["p99_ms"] <= slo_ms and rep["achieved_rps"] >= 0.95 * rps
             keep = ("achieved_rps", "p50_ms", "p99_ms", "errors", "degraded_rate")
-            runs.append({"rps": rps, "ok": ok, "attempt": attempt + 1, **{k: rep[k] for k in keep}})
+            runs.append({"rps": rps, "ok": ok, "attempt": attempt + 1, **{k: rep[k] for k in keep},
+                         "p99_ms_by_second": [t["p99_ms"] for t in rep["timeline"]]})
             print(f"  {target:9s} {rps:6.0f} rps: achieved {rep['achieved_rps']:7.1f}, "
                   f"p50 {rep['p50_ms']:6.1f} ms, p99 {rep['p99_ms']:7.1f} ms, errors {rep['errors']}, "
                   f"degraded {rep['degraded_rate']:.3f} {'ok' if ok else 'OVER'}", flush=True)
@@ -128,6 +140,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
+    # the baseline first, while the machine is quiet (nothing loaded or serving yet)
+    echo_max, echo_runs = 0.0, list[dict[str, Any]]()
+    if _rates(args.echo_rates):
+        with EchoProcess(loop=s.grpc_event_loop) as echo:
+            echo_max, echo_runs = max_rate(echo.address, "echo", _rates(args.echo_rates),
+                                           args.step_s, args.slo_ms, None,
+                                           args.channels_per_worker, args.retries)
     client = redis.Redis.from_url(s.redis_url)
     t0 = time.perf_counter()
     loaded = load_items(client, s, args.items, args.users, with_vectors=not args.no_ann,
@@ -146,24 +165,23 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
                       None, 0.5)
         print(f"scorer ready (item rows preloaded) after {time.perf_counter() - t_ready:.0f}s", flush=True)
         make = recommend_requests(users=args.users, k=args.k, seed=args.seed)
-        # connections spread over the workers by SO_REUSEPORT's hash: many, for an even split
-        channels = 4 if args.workers == 1 else 128 * args.workers
+        channels = args.channels_per_worker * args.workers
+        processes = args.workers if args.balance == "process" else None
         with ItemChurn(client, s, loaded, args.item_changes_per_s, args.seed) as churn:
             run_open_loop("recommend", address, 20, 5, make, channels=channels)  # warm up
             rec_max, rec_runs = max_rate(address, "recommend", _rates(args.rates), args.step_s,
-                                         args.slo_ms, make, channels, args.retries, args.balance)
+                                         args.slo_ms, make, channels, args.retries, args.balance,
+                                         processes)
             half = max(rec_max / 2, 10.0)
             befores = [sv.scrape(p) for p in ports]  # stage figures: the half-load run only
             rep = run_open_loop("recommend", address, half, args.step_s * 2, make,
-                                channels=channels, balance=args.balance).report()
+                                channels=channels, balance=args.balance,
+                                processes=processes).report()
             afters = [sv.scrape(p) for p in ports]
             after = afters[0]
     finally:
         proc.terminate()
         proc.wait(30)
-    with EchoProcess(loop=s.grpc_event_loop) as echo:
-        echo_max, echo_runs = max_rate(echo.address, "echo", _rates(args.echo_rates), args.step_s,
-                                       args.slo_ms, None, retries=args.retries)
     report = {
         "items": args.items, "candidates": args.candidates, "echo_max_rps": echo_max,
         "recommend_max_rps": rec_max, "ratio": round(rec_max / echo_max, 4) if echo_max else None,
@@ -178,7 +196,7 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "cores": os.cpu_count(), "workers": args.workers, "int8": s.ranker_int8,
         "ranker_bf16": s.ranker_bf16, "bf16_native": bf16_native(),
         "serve_huge_pages": s.serve_huge_pages, "thp": thp_mode(), "grpc_io": grpc_env.describe(),
-        "slo_ms": args.slo_ms, "balance": args.balance,
+        "slo_ms": args.slo_ms, "balance": args.balance, "channels": channels,
         "model": model,
         "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,
         "echo_runs": echo_runs,

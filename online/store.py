@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -88,35 +88,34 @@ def _score_pairs(raw: list[Any]) -> Rows:
     return [(m.decode(), float(sc)) for m, sc in zip(it, it, strict=True)]
 
 
-def _evict_oldest(d: dict[Any, Any]) -> None:
-    """Drop the oldest quarter of a dict kept in refresh order. Another thread changing it
-    meanwhile makes the scan fail: then this eviction is skipped and the next one does it."""
-    try:
-        old = list(islice(d, len(d) // 4))
-    except RuntimeError:
-        return
-    for key in old:
-        d.pop(key, None)
-
-
 class TtlCache(Generic[V]):
-    """Values kept ``ttl_s`` seconds, at most ``max_entries`` (the oldest quarter is dropped when
-    full: insertion order is refresh order). Not locked: single get/set/del are atomic under the
-    GIL, and a race only re-reads a value."""
+    """Values kept ``ttl_s`` seconds, at most ``max_entries``. Entries are kept in refresh
+    order, so the expired ones are at the front: each ``put`` drops up to two of them. The
+    cache thus holds about what the last ``ttl_s`` seconds read, and frees the rest a little
+    at a time: no bulk eviction pause, and little for the garbage collector to walk. Not
+    locked: single operations are atomic under the GIL, and a race only re-reads a value."""
 
     def __init__(self, ttl_s: float, max_entries: int) -> None:
         self.ttl_s, self.max_entries = ttl_s, max_entries
-        self._d: dict[Any, tuple[float, V]] = {}
+        self._d: OrderedDict[Any, tuple[float, V]] = OrderedDict()
 
     def get(self, key: Any, now: float) -> V | None:
         hit = self._d.get(key)
         return hit[1] if hit is not None and now - hit[0] < self.ttl_s else None
 
     def put(self, key: Any, value: V, now: float) -> None:
-        self._d.pop(key, None)
-        self._d[key] = (now, value)
-        if len(self._d) > self.max_entries:
-            _evict_oldest(self._d)
+        d = self._d
+        d[key] = (now, value)
+        d.move_to_end(key)
+        try:
+            for _ in range(2):
+                if now - next(iter(d.values()))[0] < self.ttl_s:
+                    break
+                d.popitem(last=False)
+            while len(d) > self.max_entries:
+                d.popitem(last=False)
+        except (RuntimeError, KeyError, StopIteration):  # changed by another thread meanwhile
+            pass
 
     def __len__(self) -> int:
         return len(self._d)

@@ -19,7 +19,10 @@ policies (``balance``):
   one call per channel learns which server process each channel reaches; each call then goes
   to the process with the fewest calls in flight (ties in turn), on its channels in turn: the
   "least request" policy of Envoy or gRPC's client-side balancing, as when each process is an
-  endpoint of its own (a port or pod per worker) behind such a balancer.
+  endpoint of its own (a port or pod per worker) behind such a balancer. Given ``processes``
+  (how many serve the address), channels are added until each process has its share of
+  ``channels``, so a few connections per process suffice, as a balancer holds them: fewer
+  connections cost the server and the generator less per call (BENCHMARKS.md).
 
 Reusable: ``run_open_loop(target, address, rps, duration_s, make_request) -> LoadResult``;
 ``LoadResult.report()`` gives the JSON report (``target_rps, achieved_rps, p50_ms, p90_ms,
@@ -219,6 +222,7 @@ async def open_loop(
     connect_timeout_s: float = 5.0,
     progress: ProgressFn | None = None,
     balance: str = "channel",
+    processes: int | None = None,
 ) -> LoadResult:
     """Run the open-loop schedule inside the running event loop (see module doc)."""
     spec = TARGETS[target] if isinstance(target, str) else target
@@ -228,6 +232,9 @@ async def open_loop(
         raise LoadTestError(f"need channels >= 1, got {channels}")
     if balance not in BALANCES:
         raise LoadTestError(f"balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+    if processes is not None and not 1 <= processes <= channels:
+        raise LoadTestError(f"need 1 <= processes <= channels, got processes={processes} "
+                            f"channels={channels}")
     parse_address(address)
     if make_request is None:
         make_request = echo_requests() if spec.name == "echo" else recommend_requests()
@@ -238,6 +245,10 @@ async def open_loop(
     # BDP pings off, as on the server (online.server.GRPC_OPTIONS): fewer wake-ups per call
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0), ("grpc.http2.bdp_probe", 0)]
     chans = [grpc.aio.insecure_channel(address, options=options) for _ in range(channels)]
+
+    def call_of(c: Any) -> Any:
+        return c.unary_unary(spec.method, request_serializer=serialize,
+                             response_deserializer=spec.response_deserializer)
     try:
         try:
             await asyncio.wait_for(
@@ -248,11 +259,7 @@ async def open_loop(
                 f"cannot reach a gRPC server at {address} within {connect_timeout_s:g}s "
                 "(is it running? check --address)"
             ) from None
-        calls = [
-            c.unary_unary(spec.method, request_serializer=serialize,
-                          response_deserializer=spec.response_deserializer)
-            for c in chans
-        ]
+        calls = [call_of(c) for c in chans]
         for j in range(warmup_requests):  # connections, caches and code paths warm
             try:
                 await calls[j % channels](make_request(j), timeout=max(timeout_s, 5.0))
@@ -264,7 +271,11 @@ async def open_loop(
                     ) from None
         groups = None
         if balance == "process" and spec.served_by is not None and warmup_requests > 0:
-            groups = await _processes(calls, make_request, spec.served_by, max(timeout_s, 5.0))
+            by_process = await _processes(calls, make_request, spec.served_by, max(timeout_s, 5.0))
+            groups = list(by_process.values()) if processes is None else await _spread(
+                by_process, processes, channels, chans, calls,
+                lambda: grpc.aio.insecure_channel(address, options=options), call_of,
+                make_request, spec.served_by, max(timeout_s, 5.0))
         return await _schedule(spec, address, rps, duration_s, make_request, calls,
                                timeout_s, max_inflight, progress, groups)
     finally:
@@ -272,9 +283,9 @@ async def open_loop(
 
 
 async def _processes(calls: list[Any], make_request: Callable[[int], Any],
-                     served_by: Callable[[Any], str], timeout_s: float) -> list[list[int]]:
+                     served_by: Callable[[Any], str], timeout_s: float) -> dict[str, list[int]]:
     """The channels grouped by the server process they reach: one call on each, one after
-    the other (no burst at start); a channel whose call fails is a group of its own."""
+    the other (no burst at start); a channel whose call fails is a group of its own ("?j")."""
     groups: dict[str, list[int]] = {}
     for j, call in enumerate(calls):
         try:
@@ -282,7 +293,35 @@ async def _processes(calls: list[Any], make_request: Callable[[int], Any],
         except grpc.aio.AioRpcError:
             name = f"?{j}"
         groups.setdefault(name, []).append(j)
-    return list(groups.values())
+    return groups
+
+
+async def _spread(groups: dict[str, list[int]], processes: int, channels: int,
+                  chans: list[Any], calls: list[Any], new_channel: Callable[[], Any],
+                  call_of: Callable[[Any], Any], make_request: Callable[[int], Any],
+                  served_by: Callable[[Any], str], timeout_s: float) -> list[list[int]]:
+    """``channels // processes`` channels for each of ``processes`` server processes: more
+    connections are opened (appended to ``chans`` / ``calls``, up to 8 x ``channels`` in all)
+    while a process has fewer, and each process's first ones are used. ``LoadTestError`` if
+    fewer processes answer: the load would miss one."""
+    share = channels // processes
+    found = {name: g for name, g in groups.items() if not name.startswith("?")}
+
+    def short() -> bool:
+        return len(found) < processes or any(len(g) < share for g in found.values())
+    while short() and len(chans) < 8 * channels:
+        j = len(chans)
+        chans.append(new_channel())
+        calls.append(call_of(chans[j]))
+        try:
+            name = served_by(await calls[j](make_request(j), timeout=timeout_s))
+        except grpc.aio.AioRpcError:
+            continue
+        found.setdefault(name, []).append(j)
+    if len(found) < processes:
+        raise LoadTestError(f"{len(chans)} connections reached {len(found)} server "
+                            f"process(es), not the {processes} expected")
+    return [g[:share] for g in found.values()]
 
 
 async def _schedule(

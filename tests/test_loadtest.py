@@ -174,6 +174,39 @@ def test_least_request_over_server_processes() -> None:
     assert by["slow"] < by["fast"]
 
 
+def test_processes_each_get_their_share_of_few_connections() -> None:
+    """Given how many processes serve the port, the 'process' policy opens connections until
+    each process has channels // processes of them: with 2 channels for 2 servers, the
+    kernel puts both on one server half the time; every run must still reach both (three
+    runs: blind luck passes 1 in 8). Asking for more processes than answer is an error."""
+    port = free_port()
+    procs = [_Process("a", 0.002), _Process("b", 0.002)]
+    servers = []
+    for proc in procs:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                             options=[("grpc.so_reuseport", 1)])
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(proc, server)
+        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+        server.start()
+        servers.append(server)
+    try:
+        for run in range(3):
+            res = run_open_loop("recommend", f"127.0.0.1:{port}", 40.0, 1.0,
+                                recommend_requests(users=50, k=1, seed=run), channels=2,
+                                balance="process", processes=2, warmup_requests=4)
+            by = res.report()["calls_by_process"]
+            assert res.errors == 0 and set(by) == {"a", "b"}, (run, by)
+        with pytest.raises(LoadTestError, match="reached 2 server process"):
+            run_open_loop("recommend", f"127.0.0.1:{port}", 10.0, 0.5, channels=3,
+                          balance="process", processes=3, warmup_requests=3)
+        with pytest.raises(LoadTestError, match="processes <= channels"):
+            run_open_loop("recommend", f"127.0.0.1:{port}", 10.0, 0.5, channels=2,
+                          balance="process", processes=3)
+    finally:
+        for server in servers:
+            server.stop(0)
+
+
 def test_clear_errors_for_bad_or_unreachable_addresses() -> None:
     with pytest.raises(LoadTestError, match="HOST:PORT"):
         run_open_loop("echo", "nonsense", 10, 1)

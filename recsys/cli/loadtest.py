@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", choices=BALANCES, default="channel",
                    help="channel: round robin over connections (default); process: least request "
                    "over the server processes they reach (Recommend's served_by; sim.loadtest)")
+    p.add_argument("--processes", type=int,
+                   help="with --balance process: how many server processes share the address; "
+                   "connections are added until each has its share of --channels")
     p.add_argument("--seed", type=int, help="request mix seed (default: settings sim_seed)")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--plot", type=Path, help="write a PNG latency plot here (needs matplotlib)")
@@ -92,6 +95,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print("recsys loadtest: --plot needs matplotlib (pip install matplotlib)",
                   file=sys.stderr)
             return 2
+    if args.processes is not None and args.balance != "process":
+        print("recsys loadtest: --processes needs --balance process", file=sys.stderr)
+        return 2
     users = args.users if args.users is not None else settings.sim_users
     k = args.k if args.k is not None else settings.k_default
     seed = args.seed if args.seed is not None else settings.sim_seed
@@ -117,6 +123,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                     args.target, address, rps, args.duration, make_request,
                     timeout_s=args.timeout_ms / 1000.0, channels=args.channels,
                     progress=_progress(args.quiet, args.duration), balance=args.balance,
+                    processes=args.processes,
                 )
                 if not args.quiet and sys.stderr.isatty():
                     print(file=sys.stderr)
