@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -143,28 +144,36 @@ class _Process(recommend_pb2_grpc.RecommendServiceServicer):
         return recommend_pb2.RecommendResponse(served_by=self.name)
 
 
+@contextmanager
+def _reuseport(procs: list[_Process]) -> Iterator[int]:
+    """One gRPC server per 'process' on one SO_REUSEPORT port (as `recsys serve --workers N`);
+    yields the port."""
+    port = free_port()
+    servers = []
+    try:
+        for proc in procs:
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                                 options=[("grpc.so_reuseport", 1)])
+            recommend_pb2_grpc.add_RecommendServiceServicer_to_server(proc, server)
+            assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+            server.start()
+            servers.append(server)
+        yield port
+    finally:
+        for server in servers:
+            server.stop(0)
+
+
 def test_least_request_over_server_processes() -> None:
     """Two servers on one port (as `recsys serve --workers 2`), one ten times slower: the
     'process' policy learns which channel reaches which and sends each call to the one with
     fewer in flight, so the slow one (20 calls/s) never holds a pile of calls, as it does
     when calls go to its channels blind (its share of the connections of 40 calls/s)."""
-    port = free_port()
     procs = [_Process("fast", 0.005), _Process("slow", 0.05)]
-    servers = []
-    for proc in procs:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                             options=[("grpc.so_reuseport", 1)])
-        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(proc, server)
-        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
-        server.start()
-        servers.append(server)
-    try:
+    with _reuseport(procs) as port:
         res = run_open_loop("recommend", f"127.0.0.1:{port}", 40.0, 3.0,
                             recommend_requests(users=50, k=1, seed=2), channels=16,
                             balance="process")
-    finally:
-        for server in servers:
-            server.stop(0)
     assert res.errors == 0 and res.balance == "process"
     by = res.report()["calls_by_process"]
     assert set(by) == {"fast", "slow"}, by  # the kernel gave both some of the 16 connections
@@ -179,17 +188,7 @@ def test_processes_each_get_their_share_of_few_connections() -> None:
     each process has channels // processes of them: with 2 channels for 2 servers, the
     kernel puts both on one server half the time; every run must still reach both (three
     runs: blind luck passes 1 in 8). Asking for more processes than answer is an error."""
-    port = free_port()
-    procs = [_Process("a", 0.002), _Process("b", 0.002)]
-    servers = []
-    for proc in procs:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                             options=[("grpc.so_reuseport", 1)])
-        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(proc, server)
-        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
-        server.start()
-        servers.append(server)
-    try:
+    with _reuseport([_Process("a", 0.002), _Process("b", 0.002)]) as port:
         for run in range(3):
             res = run_open_loop("recommend", f"127.0.0.1:{port}", 40.0, 1.0,
                                 recommend_requests(users=50, k=1, seed=run), channels=2,
@@ -202,9 +201,6 @@ def test_processes_each_get_their_share_of_few_connections() -> None:
         with pytest.raises(LoadTestError, match="processes <= channels"):
             run_open_loop("recommend", f"127.0.0.1:{port}", 10.0, 0.5, channels=2,
                           balance="process", processes=3)
-    finally:
-        for server in servers:
-            server.stop(0)
 
 
 def test_clear_errors_for_bad_or_unreachable_addresses() -> None:
