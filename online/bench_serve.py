@@ -141,12 +141,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
     # the baseline first, while the machine is quiet (nothing loaded or serving yet)
+    echo_rates = _rates(args.echo_rates)
     echo_max, echo_runs = 0.0, list[dict[str, Any]]()
-    if _rates(args.echo_rates):
+    if echo_rates:
         with EchoProcess(loop=s.grpc_event_loop) as echo:
-            echo_max, echo_runs = max_rate(echo.address, "echo", _rates(args.echo_rates),
-                                           args.step_s, args.slo_ms, None,
-                                           args.channels_per_worker, args.retries)
+            echo_max, echo_runs = max_rate(echo.address, "echo", echo_rates, args.step_s,
+                                           args.slo_ms, None, args.channels_per_worker,
+                                           args.retries)
     client = redis.Redis.from_url(s.redis_url)
     t0 = time.perf_counter()
     loaded = load_items(client, s, args.items, args.users, with_vectors=not args.no_ann,

@@ -231,8 +231,8 @@ def _tune_gc() -> None:
     (measured at 200k items: p99.9 102 ms -> 15 ms with this). Freeze what start-up loaded,
     and keep each young collection short: a request leaves ~250 new tracked objects behind
     (the co-visitation lists it cached), so a young generation of 50,000 took 6-10 ms to walk
-    in a tight loop and up to 56 ms in a loaded worker (gc callbacks, 300 RPS); 2,000 takes
-    ~0.3 ms, eight times as often, the same work in all. Middle and old generations are
+    in a tight loop and up to 56-143 ms in a loaded worker (gc callbacks, 300 RPS); 2,000
+    takes ~0.3 ms alone, 25 times as often, the same work in all. Middle and old generations are
     collected rarely (every 50 / 5,000 young collections)."""
     gc.collect()
     gc.freeze()

@@ -41,7 +41,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,56 +270,60 @@ async def open_loop(
                         f"{exc.details()}"
                     ) from None
         groups = None
-        if balance == "process" and spec.served_by is not None and warmup_requests > 0:
-            by_process = await _processes(calls, make_request, spec.served_by, max(timeout_s, 5.0))
+        served_by = spec.served_by
+        if balance == "process" and served_by is not None and warmup_requests > 0:
+            async def reached(j: int) -> str | None:
+                """The process that channel j's call reached (None: the call failed)."""
+                try:
+                    return served_by(await calls[j](make_request(j), timeout=max(timeout_s, 5.0)))
+                except grpc.aio.AioRpcError:
+                    return None
+
+            def open_channel() -> int:
+                chans.append(grpc.aio.insecure_channel(address, options=options))
+                calls.append(call_of(chans[-1]))
+                return len(calls) - 1
+            by_process = await _processes(len(calls), reached)
             groups = list(by_process.values()) if processes is None else await _spread(
-                by_process, processes, channels, chans, calls,
-                lambda: grpc.aio.insecure_channel(address, options=options), call_of,
-                make_request, spec.served_by, max(timeout_s, 5.0))
+                by_process, processes, channels, reached, open_channel)
         return await _schedule(spec, address, rps, duration_s, make_request, calls,
                                timeout_s, max_inflight, progress, groups)
     finally:
         await asyncio.gather(*(c.close() for c in chans), return_exceptions=True)
 
 
-async def _processes(calls: list[Any], make_request: Callable[[int], Any],
-                     served_by: Callable[[Any], str], timeout_s: float) -> dict[str, list[int]]:
-    """The channels grouped by the server process they reach: one call on each, one after
+async def _processes(n: int, reached: Callable[[int], Awaitable[str | None]]
+                     ) -> dict[str, list[int]]:
+    """Channels 0..n-1 grouped by the server process they reach: one call on each, one after
     the other (no burst at start); a channel whose call fails is a group of its own ("?j")."""
     groups: dict[str, list[int]] = {}
-    for j, call in enumerate(calls):
-        try:
-            name = served_by(await call(make_request(j), timeout=timeout_s))
-        except grpc.aio.AioRpcError:
-            name = f"?{j}"
-        groups.setdefault(name, []).append(j)
+    for j in range(n):
+        name = await reached(j)
+        groups.setdefault(f"?{j}" if name is None else name, []).append(j)
     return groups
 
 
 async def _spread(groups: dict[str, list[int]], processes: int, channels: int,
-                  chans: list[Any], calls: list[Any], new_channel: Callable[[], Any],
-                  call_of: Callable[[Any], Any], make_request: Callable[[int], Any],
-                  served_by: Callable[[Any], str], timeout_s: float) -> list[list[int]]:
+                  reached: Callable[[int], Awaitable[str | None]], open_channel: Callable[[], int]
+                  ) -> list[list[int]]:
     """``channels // processes`` channels for each of ``processes`` server processes: more
-    connections are opened (appended to ``chans`` / ``calls``, up to 8 x ``channels`` in all)
-    while a process has fewer, and each process's first ones are used. ``LoadTestError`` if
-    fewer processes answer: the load would miss one."""
+    connections are opened (``open_channel``, up to 8 x ``channels`` in all) while a process
+    has fewer, and each process's first ones are used. ``LoadTestError`` if fewer processes
+    answer: the load would miss one."""
     share = channels // processes
     found = {name: g for name, g in groups.items() if not name.startswith("?")}
+    opened = sum(map(len, groups.values()))
 
     def short() -> bool:
         return len(found) < processes or any(len(g) < share for g in found.values())
-    while short() and len(chans) < 8 * channels:
-        j = len(chans)
-        chans.append(new_channel())
-        calls.append(call_of(chans[j]))
-        try:
-            name = served_by(await calls[j](make_request(j), timeout=timeout_s))
-        except grpc.aio.AioRpcError:
-            continue
-        found.setdefault(name, []).append(j)
+    while short() and opened < 8 * channels:
+        j = open_channel()
+        opened += 1
+        name = await reached(j)
+        if name is not None:
+            found.setdefault(name, []).append(j)
     if len(found) < processes:
-        raise LoadTestError(f"{len(chans)} connections reached {len(found)} server "
+        raise LoadTestError(f"{opened} connections reached {len(found)} server "
                             f"process(es), not the {processes} expected")
     return [g[:share] for g in found.values()]
 
