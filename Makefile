@@ -21,12 +21,14 @@ up: $(STAMP)
 ## Lint, type-check and run the whole test suite.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy recsys proto streams online models sim
+	$(BIN)/mypy recsys core features proto streams online models sim
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy recsys proto streams online models sim
+	$(BIN)/mypy recsys core features proto streams online models sim
+	$(BIN)/lint-imports
 
 ## Regenerate the protobuf / gRPC code from proto/*.proto.
 proto: $(STAMP)

@@ -1,16 +1,26 @@
-"""Post-hoc probability calibration per head, fitted on held-out data (numpy; the plots use
-matplotlib, imported only when plotting).
+"""Post-hoc probability calibration per head, fitted on held-out data. Fitting uses scikit-learn
+(imported inside the ``fit`` functions only); predicting is numpy, so the scorer, which rebuilds
+calibrators from checkpoint dicts, never imports scikit-learn. The plots use matplotlib, imported
+only when plotting.
 
-* ``Platt``: ``p' = sigmoid(a·logit(p) + b)``, fitted by Newton's method on the log loss (with a
-  tiny ridge so a separable or constant head cannot diverge). Keeps the ranking.
-* ``Isotonic``: the monotone step function minimising squared error, by pool-adjacent-violators
-  (PAV); predictions interpolate linearly between the ends of adjacent blocks (as scikit-learn
-  does) and are clipped into ``[eps, 1 - eps]``. Can create ties, so AUC may move slightly.
+* ``Platt``: ``p' = sigmoid(a·logit(p) + b)``, a logistic regression of the labels on the logit
+  of the score (``sklearn.linear_model.LogisticRegression``, Newton-Cholesky, ``C = 1 / ridge``
+  = 1e4: a tiny L2 on the slope so a separable head cannot diverge; the intercept is free).
+  A single-class fitting set has no slope to fit: ``a = 1`` (the ranking is kept) and ``b``
+  moves the mean logit to the observed rate (clipped into ``[eps, 1 - eps]``). Keeps the ranking.
+* ``Isotonic``: the monotone step function minimising squared error
+  (``sklearn.isotonic.IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)``; tied scores
+  are pooled first). Stored as its thresholds (``X_thresholds_``, ``y_thresholds_``: both ends
+  of every block); predictions interpolate linearly between them (``np.interp``, as scikit-learn
+  does), are constant beyond the ends, and are clipped into ``[eps, 1 - eps]``. Can create ties,
+  so AUC may move slightly.
 * ``fit_calibrator(p, y, "auto")`` cross-fits both on two time-ordered halves of the held-out
   set and keeps the one with the lower held-out log loss, then refits it on all of it.
 
 Calibrators serialise to plain JSON-able dicts (``to_dict`` / ``calibrator_from_dict``) so they
-travel inside the model checkpoint. ECE is ``models.metrics.ece`` (equal-width bins);
+travel inside the model checkpoint; the format is unchanged from the hand-written PAV / Newton
+fitters (``{"method": "platt", "a", "b"}``, ``{"method": "isotonic", "x", "y"}``), so older
+checkpoints load and predict as before. ECE is ``models.offline_metrics.ece`` (equal-width bins);
 ``ece_adaptive`` (equal-mass bins) is reported too because with rare positives almost every
 prediction falls into the first equal-width bin.
 """
@@ -26,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from models.metrics import ece, log_loss
+from models.offline_metrics import ece, log_loss
 
 Array = npt.NDArray[np.float64]
 EPS = 1e-6
@@ -62,21 +72,19 @@ class Platt:
     method: str = "platt"
 
     @classmethod
-    def fit(cls, p: npt.ArrayLike, y: npt.ArrayLike, ridge: float = 1e-4, iters: int = 50) -> Platt:
-        x = _logit(p)
-        t = np.asarray(y, dtype=np.float64)
-        a, b = 1.0, 0.0
-        for _ in range(iters):
-            q = 1.0 / (1.0 + np.exp(-(a * x + b)))
-            r = q - t
-            w = q * (1 - q)
-            g = np.array([np.dot(r, x) + ridge * (a - 1.0), r.sum() + ridge * b])
-            h = np.array([[np.dot(w, x * x) + ridge, np.dot(w, x)], [np.dot(w, x), w.sum() + ridge]])
-            step = np.linalg.solve(h, g)
-            a, b = a - float(step[0]), b - float(step[1])
-            if np.max(np.abs(step)) < 1e-9:
-                break
-        return cls(a, b)
+    def fit(cls, p: npt.ArrayLike, y: npt.ArrayLike, ridge: float = 1e-4) -> Platt:
+        """Labels ``y`` in {0, 1}; ``ridge`` is the L2 weight on the slope (``C = 1 / ridge``)."""
+        x = _logit(p).reshape(-1)
+        t = np.asarray(y, dtype=np.float64).reshape(-1)
+        if x.size == 0 or x.size != t.size:
+            raise ValueError(f"Platt.fit needs as many labels as scores, got {t.size} and {x.size}")
+        if t.min() == t.max():  # one class: no slope to fit; keep the ranking, match the rate
+            return cls(1.0, float(_logit(t.mean()) - x.mean()))
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=1.0 / ridge, solver="newton-cholesky", tol=1e-10, max_iter=100)
+        lr.fit(x[:, None], t)
+        return cls(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
 
     def predict(self, p: npt.ArrayLike) -> Array:
         z = self.a * _logit(p) + self.b
@@ -84,27 +92,6 @@ class Platt:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "a": self.a, "b": self.b}
-
-
-def pav(y: npt.ArrayLike, w: npt.ArrayLike | None = None) -> tuple[Array, Array, npt.NDArray[np.int64]]:
-    """Pool-adjacent-violators on values already sorted by score: (block means, block weights,
-    block start indices). The block means are non-decreasing."""
-    yy = np.asarray(y, dtype=np.float64)
-    ww = np.ones_like(yy) if w is None else np.asarray(w, dtype=np.float64)
-    means: list[float] = []
-    weights: list[float] = []
-    starts: list[int] = []
-    for i in range(yy.size):
-        m, wt, s = float(yy[i]), float(ww[i]), i
-        while means and means[-1] >= m:  # merge ties too: fewer, wider blocks
-            pm, pw = means.pop(), weights.pop()
-            s = starts.pop()
-            m = (pm * pw + m * wt) / (pw + wt)
-            wt += pw
-        means.append(m)
-        weights.append(wt)
-        starts.append(s)
-    return np.array(means), np.array(weights), np.array(starts, dtype=np.int64)
 
 
 @dataclass
@@ -115,16 +102,12 @@ class Isotonic:
 
     @classmethod
     def fit(cls, p: npt.ArrayLike, y: npt.ArrayLike) -> Isotonic:
-        pp = np.asarray(p, dtype=np.float64)
-        order = np.argsort(pp, kind="mergesort")
-        ps, ys = pp[order], np.asarray(y, dtype=np.float64)[order]
-        means, _, starts = pav(ys)
-        ends = np.append(starts[1:], ps.size) - 1
-        xs, vs = [], []
-        for m, s, e in zip(means, starts, ends, strict=True):
-            xs += [float(ps[s]), float(ps[e])]  # both ends of the block: a step, linear between
-            vs += [float(m), float(m)]
-        return cls(xs, vs)
+        from sklearn.isotonic import IsotonicRegression
+
+        pp = np.asarray(p, dtype=np.float64).reshape(-1)
+        yy = np.asarray(y, dtype=np.float64).reshape(-1)
+        ir = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(pp, yy)
+        return cls([float(v) for v in ir.X_thresholds_], [float(v) for v in ir.y_thresholds_])
 
     def predict(self, p: npt.ArrayLike) -> Array:
         out = np.interp(np.asarray(p, dtype=np.float64), self.x, self.y)

@@ -1,9 +1,9 @@
-"""DeepFM ranker (Guo et al., IJCAI 2017) over the ranking feature spec of ``online.features``.
+"""DeepFM ranker (Guo et al., IJCAI 2017) over the ranking feature spec of ``features.ranking_features``.
 
 Shapes: B = batch, S = ``len(SPARSE)`` sparse fields, N = ``len(DENSE)`` dense fields,
 F = S + N FM fields, D = ``embed_dim``, T = number of task heads.
 
-* ``encode_features`` turns feature dicts (exactly what ``online.features.assemble`` returns, as
+* ``encode_features`` turns feature dicts (exactly what ``features.ranking_features.assemble`` returns, as
   served and as logged) into two arrays: ``sparse`` [B, S] int64 (a stable crc32 of
   ``field=value``; "" hashes to 0) and ``dense`` [B, N] float32. The hash does not depend on
   the model; each model maps it into its own per-field bucket range (``hash % buckets[f]``).
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from online.features import DENSE, FEATURE_VERSION, SPARSE, FeatureBatch, hash_token
+from features.ranking_features import DENSE, FEATURE_VERSION, SPARSE, FeatureBatch, hash_token
 
 TASKS = ("click", "cart", "purchase")  # column order of label arrays and of Ranker.predict
 DEFAULT_BUCKETS = {"item_id": 1 << 16, "category": 1024, "brand": 4096, "surface": 64,

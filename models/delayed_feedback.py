@@ -1,4 +1,4 @@
-"""Delayed-purchase corrections, so CVR is not biased down (see ``streams.labels``).
+"""Delayed-purchase corrections, so CVR is not biased down (see ``features.labels``).
 
 A purchase can follow its impression by days. A trainer that reads the label join's output at
 time ``cutoff`` sees a purchase only if ``impression + delay <= cutoff``; recent impressions

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from models import calibration as C
-from models import metrics
+from models import offline_metrics as metrics
 from models.deepfm import TASKS, DeepFM, RankerConfig
 from models.mmoe import MMoE
-from models.ranking_data import RankingData
+from models.ranking_dataset import RankingData
 
 
 @torch.no_grad()

@@ -32,11 +32,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from features.ranking_features import FEATURE_VERSION, FeatureBatch
 from models.calibration import Calibrator, Identity, calibrator_from_dict
 from models.deepfm import TASKS, DeepFM, FeatureHasher, RankerConfig
 from models.fused import FusedMMoE, bf16_native
 from models.mmoe import MMoE
-from online.features import FEATURE_VERSION, FeatureBatch
 
 FORMAT = "recsys.ranker/1"
 
@@ -155,7 +155,7 @@ class Ranker:
 
 def fuse(model: nn.Module, bf16: bool = False) -> nn.Module:
     """An MMoE in its serving form (``models.fused.FusedMMoE``: the same function in fewer,
-    larger ops, in bfloat16 if ``bf16``; `python -m models.fused` times the forms). Other
+    larger ops, in bfloat16 if ``bf16``; `python -m recsys.bench.fused` times the forms). Other
     models and MMoE shapes it does not fold are returned as they are. Not for INT8 models:
     quantizing the fused first layer, whose input mixes raw dense values with embeddings under
     one activation scale, moved served probabilities by up to 0.0203 (the unfused INT8 model
@@ -254,7 +254,7 @@ def serving_report(path: str | Path, sparse: npt.NDArray[np.int64], dense: npt.N
                    labels: npt.NDArray[np.float32], features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A checkpoint through this runtime, float and INT8: calibrated AUC / ECE on held-out
     (encoded) rows and ``predict`` latency for up to 500 feature dicts, on one thread."""
-    from models.metrics import auc, ece
+    from models.offline_metrics import auc, ece
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -278,33 +278,3 @@ def serving_report(path: str | Path, sparse: npt.NDArray[np.int64], dense: npt.N
         return out
     finally:
         torch.set_num_threads(threads)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m models.ranker_runtime MODEL --features DATA.npz``: predict latency for one
-    request of N candidates (the scorer's path: feature dicts in, calibrated [N, 3] out)."""
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(prog="python -m models.ranker_runtime", description=main.__doc__)
-    p.add_argument("model", help="model.pt or a registry version folder")
-    p.add_argument("--features", required=True, help="RankingData .npz whose meta holds sample features")
-    p.add_argument("--candidates", type=int, default=500)
-    p.add_argument("--runs", type=int, default=300)
-    args = p.parse_args(argv)
-    from models.ranking_data import RankingData
-
-    feats = list(RankingData.load(args.features).meta.get("sample_features") or [])
-    if not feats:
-        print("no sample features in that file", file=sys.stderr)
-        return 2
-    feats = (feats * (args.candidates // len(feats) + 1))[: args.candidates]
-    for q in (False, True):
-        r = load_ranker(args.model, quantize_int8=q)
-        print(json.dumps({"version": r.version, "threads": torch.get_num_threads(),
-                          **measure_latency(r, feats, runs=args.runs)}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,12 +15,13 @@ last column is the most recent item, 0 is padding (item ids start at 1).
 from __future__ import annotations
 
 import dataclasses
-import gzip
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from core.terminal import open_text
 
 TRAIN_FILE = "train_sessions.txt.gz"
 TEST_FILE = "test_prefix_label.tsv.gz"
@@ -91,7 +92,7 @@ def _parse_ids(text: str, where: str) -> IntArray:
 def read_sessions(path: str | Path) -> list[IntArray]:
     """One array of item ids per line; empty lines are skipped."""
     out: list[IntArray] = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
+    with open_text(path, gz=True) as fh:  # a bytes-read bar on a terminal
         for n, line in enumerate(fh, 1):
             if line.strip():
                 out.append(_parse_ids(line, f"{path}:{n}"))
@@ -102,7 +103,7 @@ def read_test(path: str | Path) -> tuple[list[IntArray], IntArray]:
     """Test prefixes and labels from a ``prefix<TAB>label`` file with that header."""
     prefixes: list[IntArray] = []
     labels: list[int] = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
+    with open_text(path, gz=True) as fh:
         header = fh.readline().rstrip("\n").split("\t")
         if header != ["prefix", "label"]:
             raise DatasetError(f"{path}: header must be 'prefix<TAB>label', got {header}")

@@ -1,21 +1,22 @@
 """Train, calibrate, evaluate, export and register the rankers (DeepFM, MMoE).
 
-Data: simulator ranking rows built through the production code paths (``models.ranking_data``)
-or real ``training-examples`` records; split by time into train / valid / test (70/15/15, never
-random). Each model: AdamW, early stopping on the validation log loss of its heads; per-head
-calibration (``models.calibration``) fitted on the validation split; AUC, log loss and ECE on
-the test split before and after calibration; loss curves and reliability plots; checkpoint
-(``models.ranker_runtime``) evaluated again through the serving runtime in float and INT8,
-with ``predict`` latency for 500 candidates; registered in the model registry
-(``ranker`` = the MMoE the scorer serves, ``ranker_deepfm``, ``ranker_deepfm_click``).
+Data (``RankingData``, handed in by the caller): simulator ranking rows built through the
+production code paths (``sim.training_set``) or real ``training-examples`` records; split by
+time into train / valid / test (70/15/15, never random). Each model: AdamW, early stopping on
+the validation log loss of its heads; per-head calibration (``models.calibration``) fitted on
+the validation split; AUC, log loss and ECE on the test split before and after calibration; loss
+curves and reliability plots; checkpoint (``models.ranker_runtime``) evaluated again through the
+serving runtime in float and INT8, with ``predict`` latency for 500 candidates; registered in
+the model registry (``ranker`` = the MMoE the scorer serves, ``ranker_deepfm``,
+``ranker_deepfm_click``).
 
 Purchase labels (``--labels``): ``final`` (the eventual truth, what keeping the latest example
 version gives once the attribution window has passed), ``naive`` (what is observed at the
 end of the training period: late purchases look negative), ``dfm`` (observed + the delay-CDF
 likelihood of ``models.delayed_feedback``), ``fnw`` (the fake-negative-weighted stream).
 
-    python -m models.train_ranker --model all --report reports/rankers.json [--device cuda]
-    torchrun --nproc_per_node 2 -m models.train_ranker --model mmoe --report r.json  # DDP (gloo)
+    recsys train --model rankers --report reports/rankers.json [--device cuda]
+    torchrun --nproc_per_node 2 -m recsys.cli.main train --model mmoe --report r.json  # DDP (gloo)
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from core.reports import write_json
+from core.terminal import progress
 from models import calibration as C
 from models import delayed_feedback as DF
-from models import metrics
-from models.ddp import Dist, device_for, init_from_env
+from models import offline_metrics as metrics
 from models.deepfm import TASKS, DeepFM, RankerConfig
+from models.distributed import Dist, device_for, init_from_env
 from models.mmoe import MMoE
 from models.ranker_eval import calibrate_and_evaluate, paired_bootstrap, predict_raw
-from models.ranking_data import RankingData, SimConfig, time_split
-from recsys.reports import write_json
+from models.ranking_dataset import RankingData, time_split
 
 Log = Callable[[str], None]
 MODELS = {"deepfm": ("purchase",), "deepfm_click": ("click",), "mmoe": TASKS}
@@ -56,7 +58,7 @@ def _stderr(msg: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class RankerTrainConfig:
     epochs: int = 6
     batch_size: int = 512
     lr: float = 1e-3
@@ -118,7 +120,8 @@ def sample_negatives(y: npt.NDArray[Any], w: npt.NDArray[Any], ratio: float, see
     return np.flatnonzero(keep), w[keep]
 
 
-def prepare(data: RankingData, tcfg: TrainConfig, device: torch.device) -> tuple[Prepared, dict[str, Any]]:
+def prepare(data: RankingData, tcfg: RankerTrainConfig, device: torch.device
+            ) -> tuple[Prepared, dict[str, Any]]:
     """Training tensors under the purchase-label mode (``delayed_feedback.training_labels``),
     negatives down-sampled to ``tcfg.neg_ratio`` with importance weights."""
     idx, y, w, cdf, info = DF.training_labels(data.labels, data.times, data.purchase_delay_ms, tcfg.labels,
@@ -159,7 +162,7 @@ class FitResult:
     info: dict[str, Any]
 
 
-def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcfg: TrainConfig,
+def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcfg: RankerTrainConfig,
         device: torch.device, d: Dist | None = None, record_steps: bool = False, log: Log = _stderr
         ) -> FitResult:
     """Adam on the training split, early stopping on the validation log loss (final labels)."""
@@ -177,45 +180,53 @@ def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcf
     step_losses: list[float] = []
     t0 = t_log = time.perf_counter()
     epoch = 0
-    for epoch in range(1, tcfg.epochs + 1):
-        net.train()
-        perm = np.random.default_rng(tcfg.seed * 1009 + epoch).permutation(n)
-        loss_sum = torch.zeros((), device=device)
-        done = 0
-        for s in range(n_steps):
-            sel = torch.from_numpy(d.shard(perm[s * bsz : (s + 1) * bsz])).to(device)
-            loss = batch_loss(net(data.sparse[sel], data.dense[sel]), data, sel, tasks, tcfg.labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            done, steps = done + 1, steps + 1
-            if record_steps:
-                step_losses.append(d.mean(float(loss.item())))
-            if time.perf_counter() - t_log > tcfg.log_every_s and d.is_main:
-                log(f"  epoch {epoch} step {s + 1}/{n_steps} loss {loss_sum.item() / done:.5f}")
-                t_log = time.perf_counter()
+    total = min(tcfg.epochs * n_steps, tcfg.max_steps or tcfg.epochs * n_steps)
+    # a bar on a terminal only (main rank); the log lines stay as they are
+    with progress(f"train {type(model).__name__}", total=total,
+                  enabled=None if d.is_main else False) as bar:
+        for epoch in range(1, tcfg.epochs + 1):
+            net.train()
+            perm = np.random.default_rng(tcfg.seed * 1009 + epoch).permutation(n)
+            loss_sum = torch.zeros((), device=device)
+            done = 0
+            for s in range(n_steps):
+                sel = torch.from_numpy(d.shard(perm[s * bsz : (s + 1) * bsz])).to(device)
+                loss = batch_loss(net(data.sparse[sel], data.dense[sel]), data, sel, tasks, tcfg.labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+                done, steps = done + 1, steps + 1
+                bar.advance()
+                if record_steps:
+                    step_losses.append(d.mean(float(loss.item())))
+                if time.perf_counter() - t_log > tcfg.log_every_s and d.is_main:
+                    log(f"  epoch {epoch} step {s + 1}/{n_steps} loss {loss_sum.item() / done:.5f}")
+                    t_log = time.perf_counter()
+                if tcfg.max_steps and steps >= tcfg.max_steps:
+                    break
+            row = {"epoch": float(epoch), "train_loss": d.mean(loss_sum.item() / max(done, 1))}
+            score = -float(epoch)
+            if valid is not None and len(valid):
+                p = predict_raw(model, valid, device)
+                lls = {t: metrics.log_loss(valid.labels[:, TASKS.index(t)], p[:, j])
+                       for j, t in enumerate(tasks)}
+                row.update({f"valid_logloss_{t}": v for t, v in lls.items()})
+                row["valid_loss"] = score = float(sum(lls.values()))
+            history.append(row)
+            bar.update(info=f"epoch {epoch}/{tcfg.epochs} " + " ".join(
+                f"{k} {v:.4f}" for k, v in row.items() if k in ("train_loss", "valid_loss")))
+            if d.is_main:
+                log(f"  epoch {epoch}: " + " ".join(f"{k} {v:.5f}" for k, v in row.items() if k != "epoch"))
+            if score < best:
+                best, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= tcfg.patience:
+                    break
             if tcfg.max_steps and steps >= tcfg.max_steps:
                 break
-        row = {"epoch": float(epoch), "train_loss": d.mean(loss_sum.item() / max(done, 1))}
-        score = -float(epoch)
-        if valid is not None and len(valid):
-            p = predict_raw(model, valid, device)
-            lls = {t: metrics.log_loss(valid.labels[:, TASKS.index(t)], p[:, j]) for j, t in enumerate(tasks)}
-            row.update({f"valid_logloss_{t}": v for t, v in lls.items()})
-            row["valid_loss"] = score = float(sum(lls.values()))
-        history.append(row)
-        if d.is_main:
-            log(f"  epoch {epoch}: " + " ".join(f"{k} {v:.5f}" for k, v in row.items() if k != "epoch"))
-        if score < best:
-            best, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= tcfg.patience:
-                break
-        if tcfg.max_steps and steps >= tcfg.max_steps:
-            break
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(best_epoch, epoch, history, step_losses, time.perf_counter() - t0, info)
@@ -224,7 +235,7 @@ def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcf
 # --- the pipeline ----------------------------------------------------------------------------
 
 
-def train_one(name: str, parts: tuple[RankingData, RankingData, RankingData], tcfg: TrainConfig,
+def train_one(name: str, parts: tuple[RankingData, RankingData, RankingData], tcfg: RankerTrainConfig,
               device: torch.device, d: Dist, out_dir: Path, opts: Mapping[str, Any], log: Log,
               preds: dict[str, npt.NDArray[np.float64]]) -> dict[str, Any]:
     train, valid, test = parts
@@ -261,24 +272,12 @@ def train_one(name: str, parts: tuple[RankingData, RankingData, RankingData], tc
     return out
 
 
-def load_data(dataset: str | None, sim: SimConfig, settings: Any, world_file: str | None, log: Log
-              ) -> RankingData:
-    from models import ranking_data as RD
-
-    if not dataset or dataset == "sim":
-        from sim.config import load_config
-
-        return RD.simulate(sim, settings, log, world=load_config(settings, world_file))
-    if dataset.endswith(".npz"):
-        return RankingData.load(dataset)
-    if dataset == "kafka":
-        from models import training_examples as TE
-
-        return TE.load_training_examples(TE.consume_training_examples(settings))
-    raise ValueError(f"--dataset for rankers: sim | FILE.npz | kafka, not {dataset!r}")
+DataLoader = Callable[[Log], RankingData]
 
 
-def run(settings: Any, args: argparse.Namespace, log: Log = _stderr) -> dict[str, Any]:
+def run(settings: Any, args: argparse.Namespace, load_data: DataLoader, log: Log = _stderr) -> dict[str, Any]:
+    """Train, evaluate and register ``args.model`` on the rows ``load_data`` gives (called once
+    per process, after the process group is up)."""
     from models.device import describe, resolve_device
     from models.registry import ModelRegistry
 
@@ -287,14 +286,12 @@ def run(settings: Any, args: argparse.Namespace, log: Log = _stderr) -> dict[str
     try:
         device = resolve_device(device_for(d, args.device), args.threads)
         names = list(MODELS) if args.model in ("all", "rankers") else [args.model]
-        sim = SimConfig(days=args.sim_days, sessions_per_h=args.sim_rate,
-                        click_window_s=settings.click_window_s, purchase_window_s=settings.purchase_window_s)
-        data = load_data(args.dataset, sim, settings, args.world, log)
+        data = load_data(log)
         if args.save_data and d.is_main:
             data.save(args.save_data)
         tr, va, te = time_split(data.times, 0.15, 0.15)
         parts = (data.take(tr), data.take(va), data.take(te))
-        tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        tcfg = RankerTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            weight_decay=args.weight_decay, patience=args.patience,
                            seed=args.seed, labels=args.labels, calibration=args.calibration,
                            window_ms=int(settings.purchase_window_s * 1000),
@@ -349,23 +346,3 @@ def run(settings: Any, args: argparse.Namespace, log: Log = _stderr) -> dict[str
         return report
     finally:
         d.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from models.train_ranker_cli import add_ranker_arguments
-    from recsys.settings import load_settings
-
-    p = argparse.ArgumentParser(prog="python -m models.train_ranker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_ranker_arguments(p, standalone=True)
-    args = p.parse_args(argv)
-    try:
-        run(load_settings(), args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,8 +7,8 @@ MRR@20 (0 outside the top 20), as in SR-GNN (Wu et al., AAAI 2019). Reported in 
 
 Also runnable without the ``recsys`` CLI (e.g. on a GPU box holding only torch + numpy)::
 
-    python -m models.train_two_tower --dataset DIR --report out.json --device cuda
-    python -m models.train_two_tower --dataset DIR --bench-steps 200 --bench-devices cpu,cuda
+    recsys train --model two_tower --dataset DIR --report out.json --device cuda
+    python -m recsys.bench.tower_train --dataset DIR --bench-steps 200 --bench-devices cpu,cuda
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -28,11 +27,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models import metrics
-from models.device import DeviceError, describe, resolve_device, synchronize
+from core.reports import write_json
+from core.terminal import progress
+from models import offline_metrics as metrics
+from models.device import describe, resolve_device, synchronize
 from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry
 from models.session_data import (
-    DatasetError,
     Examples,
     SessionDataset,
     item_counts,
@@ -42,7 +42,6 @@ from models.session_data import (
     time_split,
 )
 from models.two_tower import LogQSampler, TwoTower, TwoTowerConfig
-from recsys.reports import write_json
 
 Log = Callable[[str], None]
 K = 20
@@ -53,7 +52,7 @@ def _stderr(msg: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TowerTrainConfig:
     epochs: int = 6
     batch_size: int = 512
     lr: float = 1e-3
@@ -84,7 +83,7 @@ class TrainResult:
     label_counts: npt.NDArray[np.float64]
 
 
-def model_config(cfg: TrainConfig, n_items: int) -> TwoTowerConfig:
+def model_config(cfg: TowerTrainConfig, n_items: int) -> TwoTowerConfig:
     return TwoTowerConfig(
         n_items=n_items, dim=cfg.dim, max_len=cfg.max_len, dropout=cfg.dropout,
         temperature=cfg.temperature,
@@ -134,7 +133,7 @@ def summarize(ranks: npt.NDArray[np.int64]) -> dict[str, float]:
     }
 
 
-def train(ds: SessionDataset, cfg: TrainConfig, device: torch.device, log: Log = _stderr) -> TrainResult:
+def train(ds: SessionDataset, cfg: TowerTrainConfig, device: torch.device, log: Log = _stderr) -> TrainResult:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tr_sessions, val_sessions = time_split(ds.train_sessions, cfg.val_fraction)
@@ -158,51 +157,56 @@ def train(ds: SessionDataset, cfg: TrainConfig, device: torch.device, log: Log =
     history: list[dict[str, float]] = []
     step_time, seen, stale, epochs_run = 0.0, 0, 0, 0
     t_start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        epochs_run = epoch
-        model.train()
-        perm = torch.from_numpy(rng.permutation(n)).to(device)
-        loss_sum = torch.zeros((), device=device)
-        n_steps = (n + cfg.batch_size - 1) // cfg.batch_size
-        t_epoch = t_log = time.perf_counter()
-        for step in range(n_steps):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = _loss(model, x_all[idx], y_all[idx], sampler, cfg.loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            seen += len(idx)
-            now = time.perf_counter()
-            if now - t_log >= cfg.log_every_s:
-                done = (step + 1) * cfg.batch_size
-                log(f"epoch {epoch} step {step + 1}/{n_steps} loss {loss_sum.item() / (step + 1):.4f} "
-                    f"{done / (now - t_epoch):,.0f} examples/s")
-                t_log = now
-        synchronize(device)
-        step_time += time.perf_counter() - t_epoch
-        sched.step()
-        row = {"epoch": float(epoch), "loss": loss_sum.item() / n_steps,
-               "epoch_s": time.perf_counter() - t_epoch}
-        if len(val_ex):
-            vr = summarize(rank_labels(model, val_ex.prefix, val_ex.label, device, cfg.eval_batch))
-            row.update({f"val_{k}": v for k, v in vr.items()})
-            score = vr["hit_rate_at_20"] + vr["mrr_at_20"]
-        else:
-            score = float(epoch)  # no validation slice: keep the last epoch
-        history.append(row)
-        log(f"epoch {epoch} done: loss {row['loss']:.4f}"
-            + (f" val P@20 {100 * row['val_hit_rate_at_20']:.2f} MRR@20 "
-               f"{100 * row['val_mrr_at_20']:.2f}" if len(val_ex) else "")
-            + f" ({row['epoch_s']:.1f}s)")
-        if score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                log(f"early stop: no validation gain for {stale} epochs; best epoch {best_epoch}")
-                break
+    n_steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    # a bar on a terminal only; the log lines stay as they are
+    with progress("train two-tower", total=cfg.epochs * n_steps) as bar:
+        for epoch in range(1, cfg.epochs + 1):
+            epochs_run = epoch
+            model.train()
+            perm = torch.from_numpy(rng.permutation(n)).to(device)
+            loss_sum = torch.zeros((), device=device)
+            t_epoch = t_log = time.perf_counter()
+            for step in range(n_steps):
+                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                loss = _loss(model, x_all[idx], y_all[idx], sampler, cfg.loss)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+                seen += len(idx)
+                bar.advance()
+                now = time.perf_counter()
+                if now - t_log >= cfg.log_every_s:
+                    done = (step + 1) * cfg.batch_size
+                    log(f"epoch {epoch} step {step + 1}/{n_steps} loss {loss_sum.item() / (step + 1):.4f} "
+                        f"{done / (now - t_epoch):,.0f} examples/s")
+                    t_log = now
+            synchronize(device)
+            step_time += time.perf_counter() - t_epoch
+            sched.step()
+            row = {"epoch": float(epoch), "loss": loss_sum.item() / n_steps,
+                   "epoch_s": time.perf_counter() - t_epoch}
+            if len(val_ex):
+                vr = summarize(rank_labels(model, val_ex.prefix, val_ex.label, device, cfg.eval_batch))
+                row.update({f"val_{k}": v for k, v in vr.items()})
+                score = vr["hit_rate_at_20"] + vr["mrr_at_20"]
+            else:
+                score = float(epoch)  # no validation slice: keep the last epoch
+            history.append(row)
+            bar.update(info=f"epoch {epoch}/{cfg.epochs} loss {row['loss']:.4f}" + (
+                f" val P@20 {100 * row['val_hit_rate_at_20']:.2f}" if len(val_ex) else ""))
+            log(f"epoch {epoch} done: loss {row['loss']:.4f}"
+                + (f" val P@20 {100 * row['val_hit_rate_at_20']:.2f} MRR@20 "
+                   f"{100 * row['val_mrr_at_20']:.2f}" if len(val_ex) else "")
+                + f" ({row['epoch_s']:.1f}s)")
+            if score > best_score:
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    log(f"early stop: no validation gain for {stale} epochs; best epoch {best_epoch}")
+                    break
     train_s = time.perf_counter() - t_start
     model.load_state_dict(best_state)
     model.eval()
@@ -210,7 +214,7 @@ def train(ds: SessionDataset, cfg: TrainConfig, device: torch.device, log: Log =
                        history, counts)
 
 
-def throughput(ds: SessionDataset, cfg: TrainConfig, device: torch.device, steps: int) -> float:
+def throughput(ds: SessionDataset, cfg: TowerTrainConfig, device: torch.device, steps: int) -> float:
     """Training examples/s over ``steps`` timed steps (after 10 warm-up steps)."""
     torch.manual_seed(cfg.seed)
     ex = make_examples(ds.train_sessions, cfg.max_len)
@@ -246,7 +250,7 @@ def write_vocab(path: Path, sessions: Sequence[npt.NDArray[np.int64]]) -> int:
 
 
 def run(
-    dataset: str | Path, report: str | Path | None, cfg: TrainConfig, device_name: str = "cpu",
+    dataset: str | Path, report: str | Path | None, cfg: TowerTrainConfig, device_name: str = "cpu",
     threads: int | None = 2, registry_root: str | Path | None = None, promote: bool = False,
     log: Log = _stderr,
 ) -> dict[str, Any]:
@@ -307,7 +311,7 @@ def run(
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
+    d = TowerTrainConfig()
     p.add_argument("--dataset", help="SR-GNN-format dataset folder (train_sessions.txt.gz, ...)")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
@@ -329,46 +333,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
+def config_from_args(args: argparse.Namespace) -> TowerTrainConfig:
+    return TowerTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
         dim=args.dim, max_len=args.max_len, dropout=args.dropout, temperature=args.temperature,
         n_uniform=args.negatives, loss=args.loss, val_fraction=args.val_fraction,
         patience=args.patience, seed=args.seed,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.train_two_tower", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(p)
-    p.add_argument("--registry", help="registry root to save the model into (default: none)")
-    p.add_argument("--bench-steps", type=int, default=0, help="only measure examples/s")
-    p.add_argument("--bench-devices", default="cpu", help="comma-separated, e.g. cpu,cuda")
-    args = p.parse_args(argv)
-    if not args.dataset:
-        p.error("--dataset is required")
-    cfg = config_from_args(args)
-    try:
-        return _main(args, cfg)
-    except (DatasetError, DeviceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace, cfg: TrainConfig) -> int:
-    if args.bench_steps:
-        ds = load_dataset(args.dataset)
-        for name in args.bench_devices.split(","):
-            dev = resolve_device(name, args.threads)
-            eps = throughput(ds, cfg, dev, args.bench_steps)
-            print(json.dumps({"bench": describe(dev), "steps": args.bench_steps,
-                              "batch_size": cfg.batch_size, "examples_per_s": round(eps, 1)}))
-        return 0
-    out = run(args.dataset, args.report, cfg, args.device, args.threads, args.registry)
-    print(json.dumps({k: out[k] for k in ("model", "p_at_20", "mrr_at_20", "train_s", "device")}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Real ranker training data: the label join's ``training-examples`` topic (one
 ``TrainingExample`` per served item, re-sent with delayed purchases) -> ``RankingData``.
-The simulated counterpart is ``models.ranking_data.simulate``."""
+The simulated counterpart is ``sim.training_set.simulate``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.settings import Settings
 from models.deepfm import encode_features
-from models.ranking_data import RankingData, require_full_stack
+from models.ranking_dataset import RankingData
 from proto import codecs
-from recsys.settings import Settings
 
 if TYPE_CHECKING:
     from proto import events_pb2
@@ -23,8 +23,7 @@ def load_training_examples(records: Iterable[bytes | events_pb2.TrainingExample]
     """TrainingExample protobufs (Kafka values) -> RankingData, keeping the latest version of
     each ``example_id`` (corrections carry delayed purchases). Features are decoded from the
     msgpack logged by the scorer and encoded exactly as at serving time."""
-    require_full_stack()
-    from proto import events_pb2
+    from proto import events_pb2  # here: a GPU box with torch + numpy only trains from .npz
     latest: dict[str, events_pb2.TrainingExample] = {}
     for rec in records:
         if isinstance(rec, bytes | bytearray):
@@ -62,7 +61,7 @@ def consume_training_examples(settings: Settings, timeout_s: float = 60.0) -> li
 
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-    from recsys import kafka
+    from core import kafka
 
     topic = settings.topic("training")
     c = kafka.consumer(settings, group=f"ranker-trainer-{uuid.uuid4().hex[:8]}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,8 +324,3 @@ class LogQSampler:
     def log_expected_count(self, cand_ids: Tensor, batch: int) -> Tensor:
         expected = batch * self.q[cand_ids] + self.n_uniform / (self.n_items - 1)
         return torch.log(expected.clamp_min(1e-12))  # [C]
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    params: Iterable[nn.Parameter] = model.parameters()
-    return sum(p.numel() for p in params if p.requires_grad or not trainable_only)

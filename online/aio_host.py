@@ -29,7 +29,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recsys.settings import GRPC_EVENT_LOOPS as EVENT_LOOPS
+from core.settings import GRPC_EVENT_LOOPS as EVENT_LOOPS
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -20,10 +20,6 @@ class InvalidArgument(RecsysError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class NotReady(RecsysError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
 def grpc_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Turn domain errors raised by an async (``grpc.aio``) servicer method into gRPC status
     codes with their message."""

@@ -14,10 +14,10 @@ import threading
 
 from confluent_kafka import KafkaException
 
-from online import metrics
+from core import kafka
+from core.settings import Settings
+from online import scorer_metrics as metrics
 from proto import events_pb2
-from recsys import kafka
-from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
 

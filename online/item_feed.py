@@ -35,7 +35,7 @@ import msgpack
 import redis
 from prometheus_client import Counter
 
-from online.ann.store import parse_id
+from features.embedding_store import parse_id
 from online.item_table import Coverage
 from proto.keys import CHANGELOG_MAXLEN
 

@@ -24,7 +24,15 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from online.features import PER_ITEM_SPARSE, CatalogPart, ItemColumns, ItemRow, StatsPart, combine, hash_token
+from features.ranking_features import (
+    PER_ITEM_SPARSE,
+    CatalogPart,
+    ItemColumns,
+    ItemRow,
+    StatsPart,
+    combine,
+    hash_token,
+)
 from online.id_index import IdIndex
 
 # column name -> dtype; "category" / "brand" are Python strings (object arrays)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from online.features import COL, DENSE, FeatureBatch
+from features.ranking_features import COL, DENSE, FeatureBatch
 
 log = logging.getLogger(__name__)
 

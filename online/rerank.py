@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from online.features import ItemColumns
-from online.scorer import Candidates, Ranked
+from features.ranking_features import ItemColumns
+from online.candidates import Candidates, Ranked
 
 
 @dataclass(frozen=True)

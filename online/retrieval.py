@@ -2,7 +2,7 @@
 
 A source that fails or has nothing is skipped (counted per source); only losing the user state
 itself sends a request to the fallback list. Each source returns ``[(item_id, score)]`` best
-first; ``online.scorer.merge_candidates`` merges them in priority order, de-duplicated and
+first; ``online.candidates.merge_candidates`` merges them in priority order, de-duplicated and
 tagged with every source that proposed each item, giving each source a share of the
 candidates in proportion to the items it brings (the quotas below offer 650 rows for 500
 candidates). A source that reads shared lists from the store names them (``lists``) so that
@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from online import metrics
-from online.scorer import combine_related
+from online import scorer_metrics as metrics
+from online.candidates import combine_related
 from online.store import ListRef, UserState
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,8 +21,13 @@ from typing import Any
 import grpc.aio
 import redis
 
+from core import grpc_env, huge_pages
+from core.metrics_endpoint import start_metrics
+from core.redis_client import redis_client
+from core.settings import Settings, resolve_redis_url, settings_to_env
+from core.signals import stop_on_signals
 from models.registry import default_root
-from online import metrics
+from online import scorer_metrics as metrics
 from online.aio_host import AioServer
 from online.ann.follower import IndexFollower
 from online.errors import grpc_errors
@@ -35,9 +39,6 @@ from online.store import RedisStore, StateStore
 from online.tower import TowerHolder
 from proto import recommend_pb2, recommend_pb2_grpc
 from proto.keys import Keys
-from recsys import grpc_env, huge_pages
-from recsys.metrics_endpoint import start_metrics
-from recsys.settings import Settings, resolve_redis_url, settings_to_env
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
@@ -131,8 +132,7 @@ def _item_changes(settings: Settings, store: StateStore) -> ItemChangeFollower |
     (its own connection: XREAD BLOCK outlasts the request path's short socket timeout)."""
     if not isinstance(store, RedisStore):
         return None
-    client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=5.0,
-                                  socket_connect_timeout=1.0)
+    client = redis_client(settings, timeout_s=5.0, connect_timeout_s=1.0)
     return ItemChangeFollower(client, store.keys.item_changelog(), store,
                               refresh_hot_s=settings.item_refresh_hot_s).start()
 
@@ -161,7 +161,7 @@ def build_server(settings: Settings, *, port: int | None = None, store: StateSto
     store = store or RedisStore(
         resolve_redis_url(settings), Keys(settings.redis_prefix), timeout_ms=settings.redis_timeout_ms,
         catalog_ttl_s=settings.catalog_ttl_s, item_stats_ttl_s=settings.item_stats_ttl_s,
-        list_ttl_s=settings.list_ttl_s, max_items=settings.item_cache_max)
+        list_ttl_s=settings.list_ttl_s, max_items=settings.item_cache_max, settings=settings)
     impressions = ImpressionLogger(settings) if log_impressions else None
     models = ModelHolder(default_root(settings.state_dir), settings.ranker_model,
                          default_loader(settings.ranker_int8, settings.ranker_bf16),
@@ -209,9 +209,7 @@ def serve(settings: Settings, workers: int | None = None, worker_index: int = 0)
           f"(health + reflection on); metrics on :{metrics_port}; malloc on huge pages: "
           f"{'yes' if huge_pages.active() else 'no'} (THP {huge_pages.thp_mode()}); gRPC I/O: "
           f"{grpc_env.describe()}, {scorer.host.loop_name} event loop", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     while not stop.wait(1.0):
         for child in children:
             if child.poll() is not None:

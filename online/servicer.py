@@ -20,21 +20,33 @@ from typing import Any
 
 import numpy as np
 
-from online import metrics
+from core.settings import Settings
+from features.ranking_features import COL, FeatureBatch, ItemColumns, assemble_columns
+from online import candidates as S
 from online import retrieval as R
-from online import scorer as S
+from online import scorer_metrics as metrics
 from online.errors import InvalidArgument
-from online.features import COL, FeatureBatch, ItemColumns, assemble_columns
 from online.impressions import ImpressionLogger
 from online.ranking import HeuristicRanker, ModelHolder, Ranker, value_scores
 from online.rerank import Exploration, diversify, explore
 from online.store import StateStore, UserState
 from proto import codecs, events_pb2, recommend_pb2
-from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_ID_LEN = 128
 
+
+
+def request_fingerprint(req: recommend_pb2.RecommendRequest, surface: str) -> str:
+    """What a cached list was built for beyond the user's session: the surface, the request context
+    (device, country, ...) and the excluded items. A list is reused only for the same
+    fingerprint, so a ``home`` list never answers a ``pdp`` request, excluded items are never
+    re-shown, and the logged features are those of the request served."""
+    h = hashlib.blake2b(surface.encode(), digest_size=12)
+    h.update(b"\x1e" + req.context.SerializeToString(deterministic=True))
+    for item in sorted(set(req.exclude_item_ids)):
+        h.update(b"\x1f" + item.encode())
+    return h.hexdigest()
 
 class DeadlineExceeded(Exception):
     pass
@@ -179,7 +191,8 @@ class RecommendServicer:
         state = self.store.user_state(req.user_id)
         t = self._check(t0, "user_state", t)
         ranker = self.ranker_for(arm)
-        cached = self._from_cache(state, k, arm, ranker.version)
+        asked = request_fingerprint(req, surface)
+        cached = self._from_cache(state, k, arm, ranker.version, asked)
         if cached is not None:
             return cached, ranker.version
         exclude = frozenset(req.exclude_item_ids) | state.purchased
@@ -200,7 +213,7 @@ class RecommendServicer:
         out = self._rerank(cands, batch, items, probs, arm, k)
         self._check(t0, "rerank", t)
         if out:
-            self._store_cache(req.user_id, state, out, arm, ranker.version)
+            self._store_cache(req.user_id, state, out, arm, ranker.version, asked)
         if len(out) < k:
             seen = {r.item_id for r in out} | exclude
             out += [r for r in self._fallback(k, seen) if r.item_id not in seen][: k - len(out)]
@@ -266,10 +279,13 @@ class RecommendServicer:
                 out = explore(out, pool, policy, self._rng, make=ranked)
         return out
 
-    def _from_cache(self, state: UserState, k: int, arm: str, version: str) -> list[S.Ranked] | None:
+    def _from_cache(self, state: UserState, k: int, arm: str, version: str, asked: str
+                    ) -> list[S.Ranked] | None:
+        """The cached list, if it was built for this session version, arm, model and the same
+        request (surface, context, exclusions: ``request_fingerprint``)."""
         c = state.cached
         if not c or c.get("ver") != state.session_version or c.get("arm") != arm \
-                or len(c.get("items", [])) < k or c.get("model") != version:
+                or len(c.get("items", [])) < k or c.get("model") != version or c.get("req") != asked:
             metrics.child(metrics.CACHE, "miss").inc()
             return None
         metrics.child(metrics.CACHE, "hit").inc()
@@ -277,11 +293,11 @@ class RecommendServicer:
                 for i, s, pc, pa, pp, src, f, prop in c["items"][:k]]
 
     def _store_cache(self, user_id: str, state: UserState, out: list[S.Ranked], arm: str,
-                     version: str) -> None:
+                     version: str, asked: str) -> None:
         if self.s.cache_ttl_s <= 0 or arm == "random":
             return
         value: dict[str, Any] = {
-            "ver": state.session_version, "arm": arm, "model": version,
+            "ver": state.session_version, "arm": arm, "model": version, "req": asked,
             "items": [[r.item_id, r.score, r.p_click, r.p_cart, r.p_purchase, list(r.sources),
                        r.features, r.propensity] for r in out],
         }

@@ -2,7 +2,7 @@
 
 * ``user_state`` is ONE pipelined round trip (session, features, purchased items, cached
   result) and is never cached: the session is what makes a click show up in the next answer.
-* Item rows (``online.features.ItemColumns``: catalog fields, live stats, sparse-value
+* Item rows (``features.ranking_features.ItemColumns``: catalog fields, live stats, sparse-value
   hashes) are held in process memory, column by column (``online.item_table``). A row is
   read from Redis on first use and again when the dataflow's item changelog names it
   (``online.item_feed``); ``item_stats_ttl_s`` / ``catalog_ttl_s`` bound how far it may lag
@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
-import redis
 
-from online import metrics
-from online.features import ItemColumns, catalog_part, stats_part
+from core.redis_client import redis_client
+from core.settings import Settings
+from features.ranking_features import ItemColumns, catalog_part, stats_part
+from online import scorer_metrics as metrics
 from online.item_table import Coverage, ItemTable
 from online.redis_wire import Wire
 from proto import codecs
@@ -124,11 +125,12 @@ class TtlCache(Generic[V]):
 class RedisStore:
     def __init__(self, url: str, keys: Keys, timeout_ms: float = 50.0, *, catalog_ttl_s: float = 30.0,
                  item_stats_ttl_s: float = 2.0, list_ttl_s: float = 1.0,
-                 max_items: int = 1_000_000) -> None:
+                 max_items: int = 1_000_000, settings: Settings | None = None) -> None:
+        """``settings``: the credentials and TLS options for ``url`` (``core.redis_client``)."""
         self.keys = keys
-        self.client: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout_ms / 1000.0, socket_connect_timeout=timeout_ms / 1000.0,
-            health_check_interval=0,
+        self.client: Any = redis_client(
+            settings, url=url, timeout_s=timeout_ms / 1000.0, connect_timeout_s=timeout_ms / 1000.0,
+            health_check_interval_s=0,
         )
         self.catalog_ttl_s, self.item_stats_ttl_s, self.max_items = catalog_ttl_s, item_stats_ttl_s, max_items
         self.table = ItemTable()

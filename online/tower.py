@@ -12,7 +12,7 @@ A version is usable when it has ``item_ids.json`` ({item_id: id-embedding row}; 
 user features is not used (the scorer gives the tower item ids only). Its item vectors:
 
 * a model with content features: the tower index the embeddings dataflow writes for that
-  version (``streams.embeddings.tower_keys``), followed like the item2vec replica, so new
+  version (``proto.keys.tower_keys``), followed like the item2vec replica, so new
   catalog items are found from their content;
 * an id-only model: every item of its vocabulary, embedded once by its item tower into an
   in-process index (it cannot embed items it was not trained on).
@@ -37,13 +37,13 @@ import numpy.typing as npt
 import redis
 import torch
 
+from core.redis_client import redis_client
+from core.settings import Settings
 from models.ranker_runtime import trace_frozen
 from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry, ModelVersion, default_root
 from online.ann.follower import IndexFollower
 from online.ann.index import AnnIndex
-from proto.keys import Keys
-from recsys.settings import Settings, resolve_redis_url
-from streams.embeddings import tower_keys
+from proto.keys import Keys, tower_keys
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,7 @@ class TowerHolder:
         return Tower(mv.version, encode, vocab, cfg.max_len, lambda: index)
 
     def _follow(self, version: str, dim: int) -> IndexFollower:
-        client = redis.Redis.from_url(resolve_redis_url(self.s), password=self.s.redis_password.get() or None,
-                                      socket_timeout=5.5)
+        client = redis_client(self.s, timeout_s=5.5)
         keys: Keys = tower_keys(self.s.redis_prefix, version)
         follower = IndexFollower(client, keys, dim, snapshot_dir=self.s.state_dir / "ann_tt" / version,
                                  registry=None)  # its metrics stay private: one replica per process

@@ -60,7 +60,7 @@ class Keys:
 
     # --- global --------------------------------------------------------------------------
     def popular(self) -> str:
-        """ZSET item -> log2 decayed view score (forward decay, see streams.features)."""
+        """ZSET item -> log2 decayed view score (forward decay, see features.sessions)."""
         return f"{self.root}:pop:views"
 
     def top_sellers(self) -> str:
@@ -85,6 +85,7 @@ class Keys:
         those items (``online.item_feed``)."""
         return f"{self.root}:items:log"
 
-    def stream_progress(self, flow: str) -> str:
-        """HASH partition -> last processed offset (ops visibility)."""
-        return f"{self.root}:progress:{flow}"
+
+def tower_keys(prefix: str, version: str) -> Keys:
+    """Keys of the item-tower index of one two-tower model version (its own vector space)."""
+    return Keys(prefix=f"{prefix}:tt:{version}")

@@ -16,10 +16,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from recsys.settings import Settings
+from core.settings import Settings
 
 
-class SimConfigError(ValueError):
+class WorldConfigError(ValueError):
     """The world file is missing, malformed or names an unknown knob."""
 
 
@@ -111,7 +111,7 @@ SECTIONS: dict[str, type] = {"catalog": Catalog, "users": Users, "truth": Truth,
 
 
 @dataclasses.dataclass(frozen=True)
-class SimConfig:
+class WorldConfig:
     catalog: Catalog = Catalog()
     users: Users = Users()
     truth: Truth = Truth()
@@ -119,7 +119,7 @@ class SimConfig:
     dynamics: Dynamics = Dynamics()
     run: Run = Run()
 
-    def with_(self, **sections: dict[str, Any]) -> SimConfig:
+    def with_(self, **sections: dict[str, Any]) -> WorldConfig:
         """A copy with some knobs changed: ``cfg.with_(run={"speed": 10})``."""
         return _apply(self, sections, "overrides")
 
@@ -134,37 +134,37 @@ class SimConfig:
         return "\n".join(lines)
 
 
-def _apply(cfg: SimConfig, data: dict[str, Any], where: str) -> SimConfig:
+def _apply(cfg: WorldConfig, data: dict[str, Any], where: str) -> WorldConfig:
     changes: dict[str, Any] = {}
     for section, values in data.items():
         if section not in SECTIONS:
-            raise SimConfigError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+            raise WorldConfigError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
-            raise SimConfigError(f"{where}: [{section}] must be a table")
+            raise WorldConfigError(f"{where}: [{section}] must be a table")
         current = getattr(cfg, section)
         fields = {f.name: f for f in dataclasses.fields(current)}
         typed: dict[str, Any] = {}
         for key, raw in values.items():
             if key not in fields:
-                raise SimConfigError(f"{where}: unknown key {section}.{key}")
+                raise WorldConfigError(f"{where}: unknown key {section}.{key}")
             kind = type(getattr(current, key))
             try:
                 if kind is int and (isinstance(raw, bool) or float(raw) != int(raw)):
                     raise ValueError(f"expected an integer, got {raw!r}")
                 typed[key] = kind(raw)
             except (TypeError, ValueError) as exc:
-                raise SimConfigError(f"{where}: {section}.{key}: {exc}") from exc
+                raise WorldConfigError(f"{where}: {section}.{key}: {exc}") from exc
         changes[section] = dataclasses.replace(current, **typed)
     out = dataclasses.replace(cfg, **changes)
     _validate(out)
     return out
 
 
-def _validate(c: SimConfig) -> None:
+def _validate(c: WorldConfig) -> None:
     if c.catalog.n_items < 1 or c.catalog.n_categories < 1 or c.users.n_users < 1:
-        raise SimConfigError("need at least one item, category and user")
+        raise WorldConfigError("need at least one item, category and user")
     if c.run.speed <= 0 or c.run.k < 1 or c.run.workers < 1:
-        raise SimConfigError("run.speed must be > 0, run.k and run.workers >= 1")
+        raise WorldConfigError("run.speed must be > 0, run.k and run.workers >= 1")
     shares = {"users.drift_share": c.users.drift_share, "users.bot_share": c.users.bot_share,
               "run.oracle_share": c.run.oracle_share, "truth.cart_rate": c.truth.cart_rate,
               "truth.purchase_rate": c.truth.purchase_rate, "behaviour.home_share": c.behaviour.home_share,
@@ -172,16 +172,16 @@ def _validate(c: SimConfig) -> None:
               "behaviour.diurnal_amplitude": c.behaviour.diurnal_amplitude}
     for name, v in shares.items():
         if not 0.0 <= v <= 1.0:
-            raise SimConfigError(f"{name} must be in [0, 1], got {v}")
+            raise WorldConfigError(f"{name} must be in [0, 1], got {v}")
     if not 0.0 < c.truth.cart_rate < 1.0:
-        raise SimConfigError("truth.cart_rate must be strictly between 0 and 1")
+        raise WorldConfigError("truth.cart_rate must be strictly between 0 and 1")
     if c.behaviour.steps_mean < 1:
-        raise SimConfigError("behaviour.steps_mean must be >= 1")
+        raise WorldConfigError("behaviour.steps_mean must be >= 1")
 
 
-def load_config(settings: Settings | None = None, path: str | Path | None = None) -> SimConfig:
+def load_config(settings: Settings | None = None, path: str | Path | None = None) -> WorldConfig:
     """Defaults, then the size/seed from ``settings``, then the TOML file at ``path``."""
-    cfg = SimConfig()
+    cfg = WorldConfig()
     if settings is not None:
         cfg = cfg.with_(catalog={"seed": settings.sim_seed, "n_items": settings.sim_items,
                                  "n_categories": settings.sim_categories},
@@ -190,9 +190,9 @@ def load_config(settings: Settings | None = None, path: str | Path | None = None
         return cfg
     p = Path(path)
     if not p.is_file():
-        raise SimConfigError(f"world file {p} does not exist")
+        raise WorldConfigError(f"world file {p} does not exist")
     try:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise SimConfigError(f"world file {p}: {exc}") from exc
+        raise WorldConfigError(f"world file {p}: {exc}") from exc
     return _apply(cfg, data, f"world file {p}")

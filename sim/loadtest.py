@@ -28,6 +28,9 @@ Reusable: ``run_open_loop(target, address, rps, duration_s, make_request) -> Loa
 ``LoadResult.report()`` gives the JSON report (``target_rps, achieved_rps, p50_ms, p90_ms,
 p99_ms, p999_ms, errors, degraded_rate`` and extras).
 
+Latencies are kept in HdrHistograms (``hdrhistogram``) of integer microseconds, 3 significant
+digits (``sim/latency.py``); reports give milliseconds.
+
 Definitions: ``achieved_rps`` = responses with status OK that arrived within the scheduled
 window ``[t0, t0 + duration]``, divided by the duration (throughput actually sustained).
 Latency percentiles include every completed call, errors too (``errors_by_code`` says how
@@ -47,9 +50,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from hdrh.histogram import HdrHistogram
 
 from proto import events_pb2, recommend_pb2
-from sim.histogram import Histogram
+from sim.latency import new_histogram, record_us
 
 BALANCES = ("channel", "process")  # policies of ``open_loop(balance=...)`` (module doc)
 PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
@@ -128,10 +132,11 @@ class LoadResult:
     ok_in_window: int = 0
     degraded: int = 0
     errors_by_code: Counter[str] = field(default_factory=Counter)
-    latency: Histogram = field(default_factory=Histogram)
-    send_lag: Histogram = field(default_factory=Histogram)
-    service: Histogram = field(default_factory=Histogram)  # from the actual send (uncorrected)
-    per_second: list[Histogram] = field(default_factory=list)  # by scheduled second
+    # HdrHistograms of microseconds (sim/latency.py)
+    latency: HdrHistogram = field(default_factory=new_histogram)
+    send_lag: HdrHistogram = field(default_factory=new_histogram)
+    service: HdrHistogram = field(default_factory=new_histogram)  # from the actual send (uncorrected)
+    per_second: list[HdrHistogram] = field(default_factory=list)  # by scheduled second
     elapsed_s: float = 0.0  # t0 until the last call finished
     balance: str = "channel"  # the policy that ran (module doc)
     by_process: Counter[str] = field(default_factory=Counter)  # OK calls per server process
@@ -152,10 +157,10 @@ class LoadResult:
     def client_bound(self) -> bool:
         """The generator itself fell behind its schedule (p99 send lag > 10 ms): the numbers
         then describe the client's limit as much as the server's."""
-        return self.send_lag.percentile(99) > 10_000 or self.errors_by_code[CLIENT_BACKLOG] > 0
+        return self.send_lag.get_value_at_percentile(99) > 10_000 or self.errors_by_code[CLIENT_BACKLOG] > 0
 
     def percentile_ms(self, q: float) -> float:
-        return self.latency.percentile(q) / 1000.0
+        return self.latency.get_value_at_percentile(q) / 1000.0
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -172,19 +177,20 @@ class LoadResult:
             "ok": self.ok,
             "duration_s": self.duration_s,
             "elapsed_s": round(self.elapsed_s, 3),
-            "mean_ms": round(self.latency.mean() / 1000.0, 3),
-            "max_ms": round(self.latency.max_value / 1000.0, 3),
-            "service_p50_ms": round(self.service.percentile(50) / 1000.0, 3),
-            "service_p99_ms": round(self.service.percentile(99) / 1000.0, 3),
-            "send_lag_p99_ms": round(self.send_lag.percentile(99) / 1000.0, 3),
-            "send_lag_max_ms": round(self.send_lag.max_value / 1000.0, 3),
+            "mean_ms": round(self.latency.get_mean_value() / 1000.0, 3),
+            "max_ms": round(self.latency.get_max_value() / 1000.0, 3),
+            "service_p50_ms": round(self.service.get_value_at_percentile(50) / 1000.0, 3),
+            "service_p99_ms": round(self.service.get_value_at_percentile(99) / 1000.0, 3),
+            "send_lag_p99_ms": round(self.send_lag.get_value_at_percentile(99) / 1000.0, 3),
+            "send_lag_max_ms": round(self.send_lag.get_max_value() / 1000.0, 3),
             "client_bound": self.client_bound,
             "balance": self.balance,
             "calls_by_process": dict(sorted(self.by_process.items())),
             "timeline": [
-                {"t": i, "count": h.count, "p50_ms": round(h.percentile(50) / 1000, 3),
-                 "p99_ms": round(h.percentile(99) / 1000, 3),
-                 "max_ms": round(h.max_value / 1000, 3)}
+                {"t": i, "count": h.get_total_count(),
+                 "p50_ms": round(h.get_value_at_percentile(50) / 1000, 3),
+                 "p99_ms": round(h.get_value_at_percentile(99) / 1000, 3),
+                 "max_ms": round(h.get_max_value() / 1000, 3)}
                 for i, h in enumerate(self.per_second)
             ],
         }
@@ -336,7 +342,7 @@ async def _schedule(
     n = max(1, round(rps * duration_s))
     res = LoadResult(spec.name, address, rps, duration_s, requests=n,
                      balance="process" if groups else "channel")
-    res.per_second = [Histogram() for _ in range(max(1, math.ceil(duration_s)))]
+    res.per_second = [new_histogram() for _ in range(max(1, math.ceil(duration_s)))]
     interval = 1.0 / rps
     clock = time.monotonic
     inflight: set[asyncio.Task[None]] = set()
@@ -359,7 +365,7 @@ async def _schedule(
     async def one(i: int, scheduled: float) -> None:
         code = "OK"
         sent = clock()
-        res.send_lag.record(max(0.0, sent - scheduled) * 1e6)
+        record_us(res.send_lag, max(0.0, sent - scheduled) * 1e6)
         c = pick(i)
         g = group_of.get(c)
         busy[c] += 1
@@ -378,9 +384,9 @@ async def _schedule(
             in_group[g] -= 1
         done = clock()
         lat_us = (done - scheduled) * 1e6
-        res.latency.record(lat_us)
-        res.service.record((done - sent) * 1e6)
-        res.per_second[min(int(scheduled - t0), len(res.per_second) - 1)].record(lat_us)
+        record_us(res.latency, lat_us)
+        record_us(res.service, (done - sent) * 1e6)
+        record_us(res.per_second[min(int(scheduled - t0), len(res.per_second) - 1)], lat_us)
         if code == "OK":
             res.ok += 1
             if done <= window_end:

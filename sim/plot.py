@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hdrh.histogram import HdrHistogram
 
-from sim.histogram import Histogram
+from sim.latency import cdf_points
 from sim.loadtest import LoadResult
 
 TAIL_TICKS = (0.0, 90.0, 99.0, 99.9, 99.99, 99.999)
@@ -37,14 +38,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def _percentile_curve(ax: Any, h: Histogram, label: str) -> None:
-    pts = h.cdf_points()
+def _percentile_curve(ax: Any, h: HdrHistogram, label: str) -> None:
+    pts = cdf_points(h)
     if not pts:
         return
     values = np.array([v for v, _ in pts]) / 1000.0
     frac = np.array([f for _, f in pts])
     # x = 1 / (1 - fraction), capped so the last point (fraction 1) stays on the chart
-    x = 1.0 / np.maximum(1.0 - frac, 1.0 / (10 * h.count))
+    x = 1.0 / np.maximum(1.0 - frac, 1.0 / (10 * h.get_total_count()))
     ax.step(x, values, where="post", label=label)
 
 
@@ -69,8 +70,8 @@ def plot_results(results: Sequence[LoadResult], path: str | Path, title: str = "
     if len(results) == 1:
         secs = np.arange(len(first.per_second)) + 0.5  # the middle of each second
         for q, name in ((50.0, "p50"), (99.0, "p99")):
-            left.plot(secs, [h.percentile(q) / 1000 for h in first.per_second], label=name)
-        left.plot(secs, [h.max_value / 1000 for h in first.per_second], label="max", alpha=0.6)
+            left.plot(secs, [h.get_value_at_percentile(q) / 1000 for h in first.per_second], label=name)
+        left.plot(secs, [h.get_max_value() / 1000 for h in first.per_second], label="max", alpha=0.6)
         left.set_xlabel("second of the schedule")
         left.set_ylabel("latency (ms)")
         left.set_yscale("log")
@@ -88,7 +89,7 @@ def plot_results(results: Sequence[LoadResult], path: str | Path, title: str = "
             _percentile_curve(right, r.latency, f"{r.target_rps:g} rps")
     left.grid(True, alpha=0.3)
     left.legend()
-    _style_percentile_axis(right, max(r.latency.count for r in results))
+    _style_percentile_axis(right, max(r.latency.get_total_count() for r in results))
     right.set_yscale("log")
     right.set_title("latency by percentile (from the scheduled send time)")
     right.legend()

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from core import kafka
+from core.settings import Settings
 from proto import events_pb2
-from recsys import kafka
-from recsys.settings import Settings
 
 TYPE_MIX = (  # (type, probability)
     (events_pb2.VIEW, 0.86),

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from core.settings import Settings
+from core.terminal import open_text
 from proto import events_pb2
-from recsys.settings import Settings
 from sim.produce import DeliveryStats, ProduceError, connect
 
 TIMED_FILE = "test_sessions_item_ts.jsonl.gz"
@@ -111,7 +112,7 @@ def open_dataset(path: str | Path, limit: int | None = None) -> Dataset:
     try:
         if timed:
             events: list[ReplayEvent] = []
-            with _open(file) as fh:
+            with open_text(file) as fh:  # a bytes-read bar on a terminal
                 for k, line in enumerate(fh):
                     if not line.strip():
                         continue
@@ -120,7 +121,7 @@ def open_dataset(path: str | Path, limit: int | None = None) -> Dataset:
             events.sort(key=lambda e: (e.ts_ms, e.session, e.position))
             n = len(events) if limit is None else min(limit, len(events))
             return Dataset(file, True, n, events)
-        with _open(file) as fh:
+        with open_text(file) as fh:
             count = sum(len(line.split()) for line in fh)
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise ReplayError(f"cannot read {file}: {exc}") from exc

@@ -37,12 +37,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from features.events import make_event
 from proto import events_pb2
 from sim.clock import Clock
-from sim.config import SimConfig
+from sim.config import WorldConfig
 from sim.stats import CLICKS, PENDING, SHOWN, SIM_TIME, Stats
 from sim.world import HOUR_MS, Item, User, World
-from streams.events import make_event
 
 log = logging.getLogger(__name__)
 DEVICES = ("web", "ios", "android")
@@ -113,7 +113,7 @@ def user_profile(user: User, t_ms: int) -> bytes:
 
 
 class Shop:
-    def __init__(self, world: World, cfg: SimConfig, sink: Sink, recommender: Recommender,
+    def __init__(self, world: World, cfg: WorldConfig, sink: Sink, recommender: Recommender,
                  clock: Clock, rate: float, run_id: str = "r0") -> None:
         self.w, self.cfg, self.sink, self.recommend, self.clock = world, cfg, sink, recommender, clock
         self.rate, self.run_id = rate, run_id

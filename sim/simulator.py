@@ -25,11 +25,11 @@ from typing import Any
 
 import grpc
 
+from core import kafka
+from core.settings import Settings
 from proto import events_pb2, recommend_pb2, recommend_pb2_grpc
-from recsys import kafka
-from recsys.settings import Settings
 from sim.clock import SimClock, plan_start, skew_horizon_s
-from sim.config import SimConfig, load_config
+from sim.config import WorldConfig, load_config
 from sim.shop import RecommendError, Served, Shop, context, item_upsert, user_profile
 from sim.stats import Stats
 from sim.world import User, World
@@ -95,7 +95,7 @@ class KafkaSink:
 
 class Simulator:
     def __init__(self, settings: Settings, address: str, k: int | None = None,
-                 config: SimConfig | None = None) -> None:
+                 config: WorldConfig | None = None) -> None:
         self.s = settings
         cfg = config or load_config(settings)
         self.cfg = cfg.with_(run={"k": k}) if k else cfg

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from hdrh.histogram import HdrHistogram
 from prometheus_client import Counter, Gauge, Histogram
 
-from sim.histogram import Histogram as LatencyHistogram
+from sim.latency import new_histogram, record_us
 
 EVENTS = Counter("recsys_sim_events_total", "events produced by the simulator", ["type"])
 RPC = Histogram("recsys_sim_rpc_seconds", "Recommend latency seen by the simulator",
@@ -131,7 +132,7 @@ class Stats:
     new_users: int = 0
     served_impressions: int = 0  # scorer lists shown to humans, all time (warm-up included)
     served_clicks: int = 0
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    latency: HdrHistogram = field(default_factory=new_histogram)  # microseconds (sim/latency.py)
     arms: dict[str, ArmStats] = field(default_factory=dict)
     purchase_delays_h: list[float] = field(default_factory=list)
 
@@ -148,7 +149,7 @@ class Stats:
 
     def rpc(self, latency_ms: float) -> None:
         self.requests += 1
-        self.latency.record(latency_ms * 1000.0)
+        record_us(self.latency, latency_ms * 1000.0)
         RPC.observe(latency_ms / 1000.0)
 
     def rpc_error(self, code: str) -> None:
@@ -165,8 +166,8 @@ class Stats:
         return {
             "events": self.events, "events_by_type": dict(sorted(self.by_type.items())),
             "requests": self.requests, "rpc_errors": self.rpc_errors, "degraded": self.degraded,
-            "rpc_p50_ms": lat.percentile(50) / 1000.0 if lat.count else 0.0,
-            "rpc_p99_ms": lat.percentile(99) / 1000.0 if lat.count else 0.0,
+            "rpc_p50_ms": lat.get_value_at_percentile(50) / 1000.0,  # 0.0 when empty
+            "rpc_p99_ms": lat.get_value_at_percentile(99) / 1000.0,
             "impressions": imps, "clicks": clicks, "ctr": clicks / imps if imps else 0.0,
             "sessions": self.sessions,
             "arms": {name: a.report() for name, a in sorted(self.arms.items())},

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from sim.config import SimConfig
+from sim.config import WorldConfig
 
 F64 = npt.NDArray[np.float64]
 HOUR_MS = 3_600_000
@@ -98,8 +98,8 @@ class _Arrays:
 class World:
     def __init__(self, seed: int | None = None, n_users: int | None = None,
                  n_items: int | None = None, n_categories: int | None = None, *,
-                 config: SimConfig | None = None) -> None:
-        cfg = config or SimConfig()
+                 config: WorldConfig | None = None) -> None:
+        cfg = config or WorldConfig()
         given = {k: v for k, v in (("seed", seed), ("n_items", n_items), ("n_categories", n_categories))
                  if v is not None}
         cfg = cfg.with_(catalog=given, users={"n_users": n_users} if n_users is not None else {})

@@ -20,8 +20,8 @@ from typing import Any
 
 from bytewax.operators import StatefulLogic
 
-from streams import metrics
-from streams.redis_sink import Write
+from features.writes import Write
+from streams import flow_metrics as metrics
 
 Step = Callable[[Any, Any], tuple[Any, list[Any]]]
 

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
-from google.protobuf.message import DecodeError, Message
 
-from proto import events_pb2
-from streams import metrics
-from streams.events import Ev, Rejected, dead_letter_bytes, parse
-from streams.steps import CatalogRow, ProfileRow, Touch
+from features import record_decoding as RD
+from features.events import Ev, Rejected, dead_letter_bytes, parse
+from features.record_decoding import Origin
+from features.state_updates import CatalogRow, ProfileRow, Touch
+from streams import flow_metrics as metrics
 
 
 def _meta(msg: KafkaSourceMessage[Any, Any]) -> tuple[str, int, int, int]:
@@ -66,71 +65,26 @@ def decode_clickstream_batch(msgs: list[Any], max_skew_ms: int) -> list[Ev | Rej
     return out
 
 
-M = TypeVar("M", bound=Message)
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed(Generic[M]):
-    """A decoded protobuf value with where it came from (for a dead letter if it is invalid)."""
-
-    value: M
-    raw: bytes
-    topic: str
-    partition: int
-    offset: int
-    ingest_ms: int
-
-    def reject(self, reason: str, stage: str) -> Rejected:
-        return Rejected(reason, self.raw, self.topic, self.partition, self.offset, stage)
-
-
-def _parse(msg: Any, cls: type[M], stage: str) -> Parsed[M] | Rejected:
-    """Kafka message -> protobuf ``cls``, or the ``Rejected`` a dead letter is made of."""
+def _origin(msg: Any) -> Origin | Rejected:
     if not isinstance(msg, KafkaSourceMessage):
         return _kafka_error(msg)
-    topic, part, offset, ingest_ms = _meta(msg)
-    raw = msg.value or b""
-    value = cls()
-    try:
-        value.ParseFromString(raw)
-    except (DecodeError, ValueError) as exc:
-        return Rejected(f"undecodable {cls.__name__}: {exc}", raw, topic, part, offset, stage)
-    return Parsed(value, raw, topic, part, offset, ingest_ms)
+    return Origin(*_meta(msg))
 
 
 def decode_catalog(msg: Any) -> CatalogRow | Rejected:
-    p = _parse(msg, events_pb2.ItemUpsert, "decode_catalog")
-    if isinstance(p, Rejected):
-        return p
-    item = p.value
-    if not item.item_id or item.price < 0 or item.price != item.price:
-        reason = "missing item_id" if not item.item_id else f"invalid price {item.price}"
-        return p.reject(reason, "decode_catalog")
-    return CatalogRow(item.item_id, item.title, item.category, item.brand, item.price, item.rating,
-                      item.active, item.updated_ms, p.ingest_ms)
+    o = _origin(msg)
+    return o if isinstance(o, Rejected) else RD.catalog_row(msg.value or b"", o)
 
 
 def decode_profile(msg: Any) -> ProfileRow | Rejected:
-    p = _parse(msg, events_pb2.UserProfile, "decode_profile")
-    if isinstance(p, Rejected):
-        return p
-    prof = p.value
-    if not prof.user_id:
-        return p.reject("missing user_id", "decode_profile")
-    return ProfileRow(prof.user_id, prof.country, prof.age_bucket, prof.signup_ms, prof.updated_ms,
-                      p.ingest_ms)
+    o = _origin(msg)
+    return o if isinstance(o, Rejected) else RD.profile_row(msg.value or b"", o)
 
 
 def decode_impressions(msg: Any) -> list[Touch | Rejected]:
     """One impression ``Touch`` per served item (counts for CTR); degraded answers count too."""
-    p = _parse(msg, events_pb2.Impression, "decode_impressions")
-    if isinstance(p, Rejected):
-        return [p]
-    imp = p.value
-    if not imp.request_id or imp.event_time_ms <= 0:
-        return [p.reject("impression without request_id or time", "decode_impressions")]
-    return [Touch(it.item_id, "", "impression", imp.event_time_ms, 1, 0.0, p.ingest_ms)
-            for it in imp.items if it.item_id]
+    o = _origin(msg)
+    return [o] if isinstance(o, Rejected) else RD.impression_touches(msg.value or b"", o)
 
 
 def to_dead_letter(rej: Rejected) -> KafkaSinkMessage[bytes | None, bytes | None]:

@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from features.sessions import SessionState, update_session
 from models.item2vec import Item2Vec, Item2VecConfig
-from proto.keys import Keys
 from streams.emb_vectors import (
     blend_rows,
     blend_weight,
@@ -36,7 +36,6 @@ from streams.emb_vectors import (
     prior_vector,
     unit,
 )
-from streams.features import SessionState, update_session
 
 Vec = npt.NDArray[np.float32]
 I2V, TOWER = "i2v", "tt"  # VecOp.target values
@@ -75,11 +74,6 @@ class EmbConfig:
             write_interval_ms=int(g("embeddings_write_interval_ms", 1000)),
             gap_s=float(s.session_gap_s), last_n=int(s.last_n_viewed),
         )
-
-
-def tower_keys(prefix: str, version: str) -> Keys:
-    """Keys of the item-tower index of one two-tower model version (its own vector space)."""
-    return Keys(prefix=f"{prefix}:tt:{version}")
 
 
 # ----------------------------------------------------------------------------------------

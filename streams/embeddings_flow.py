@@ -37,10 +37,13 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.redis_client import redis_client
+from core.settings import Settings, resolve_redis_url
+from features.embedding_store import EmbeddingStore
+from features.events import Ev
+from features.state_updates import CatalogRow
 from models.registry import default_root
-from online.ann.store import EmbeddingStore
-from proto.keys import Keys
-from recsys.settings import Settings, resolve_redis_url
+from proto.keys import Keys, tower_keys
 from streams import decoders as D
 from streams import kafka_io
 from streams.coalesce import Group, group_by
@@ -56,10 +59,7 @@ from streams.embeddings import (
     VecOp,
     session_close,
     session_step,
-    tower_keys,
 )
-from streams.events import Ev
-from streams.steps import CatalogRow
 from streams.tower_embedder import TowerEmbedder
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,8 @@ class EmbedModel(StatefulLogic[Any, VecOp, bytes | None]):
 
 
 class _StorePartition(StatelessSinkPartition[VecOp]):
-    def __init__(self, url: str, password: str | None, prefix: str) -> None:
-        self.client = redis.Redis.from_url(url, password=password, socket_timeout=10)
+    def __init__(self, url: str, settings: Settings | None, prefix: str) -> None:
+        self.client = redis_client(settings, url=url, timeout_s=10)
         self.prefix = prefix
         self.stores: dict[str, EmbeddingStore] = {}
 
@@ -253,6 +253,8 @@ class _StorePartition(StatelessSinkPartition[VecOp]):
                     else:
                         store.delete(o.ids)
                     break
+                except redis.AuthenticationError:  # a wrong password does not heal
+                    raise
                 except redis.ConnectionError:
                     if attempt == 4:
                         raise
@@ -266,11 +268,13 @@ class _StorePartition(StatelessSinkPartition[VecOp]):
 
 
 class EmbeddingSink(DynamicSink[VecOp]):
-    def __init__(self, url: str, password: str | None, prefix: str) -> None:
-        self.url, self.password, self.prefix = url, password, prefix
+    """``settings``: the credentials and TLS options for ``url`` (``core.redis_client``)."""
+
+    def __init__(self, url: str, settings: Settings | None, prefix: str) -> None:
+        self.url, self.settings, self.prefix = url, settings, prefix
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self.url, self.password, self.prefix)
+        return _StorePartition(self.url, self.settings, self.prefix)
 
 
 # ----------------------------------------------------------------------------------------
@@ -307,26 +311,26 @@ def build_embeddings_flow(settings: Settings, flow_id: str = "embeddings", tail:
         return kafka_io.source(settings, topic, tail)
 
     flow = Dataflow(flow_id)
+    click_msgs = op.input("clickstream_in", flow, source("clickstream"))
+    catalog_msgs = op.input("catalog_in", flow, source("catalog"))
     # clickstream: KafkaSourceMessage -> Ev -> (user_id, Group[Ev]) -> Segment
-    evs = op.filter_map("valid_events", op.map(
-        "decode_validate", op.input("clickstream_in", flow, source("clickstream")),
-        lambda m: D.decode_clickstream(m, max_skew_ms)), _events)
-    by_user = op.flat_map_batch("group_events", evs, lambda es: group_by(es, lambda e: e.user_id))
-    segs = op.key_rm("unkey_windows", op.stateful(
-        "session_windows", op.key_on("key_by_user", by_user, _key),
-        lambda resume: SessionWindows(cfg, resume)))
+    decoded = op.map("decode_validate", click_msgs, lambda m: D.decode_clickstream(m, max_skew_ms))
+    events = op.filter_map("valid_events", decoded, _events)
+    by_user = op.flat_map_batch("group_events", events, lambda es: group_by(es, lambda e: e.user_id))
+    keyed_users = op.key_on("key_by_user", by_user, _key)
+    windows = op.stateful("session_windows", keyed_users, lambda resume: SessionWindows(cfg, resume))
+    segments = op.key_rm("unkey_windows", windows)
     # catalog: KafkaSourceMessage -> CatalogRow
-    rows = op.filter_map("catalog_rows", op.map(
-        "decode_catalog", op.input("catalog_in", flow, source("catalog")), D.decode_catalog), _rows)
+    catalog = op.map("decode_catalog", catalog_msgs, D.decode_catalog)
+    rows = op.filter_map("catalog_rows", catalog, _rows)
     # ("model", Group[Segment | CatalogRow]) -> VecOp
-    to_model = op.flat_map_batch("to_model", op.merge("model_inputs", segs, rows),
-                                 lambda xs: [Group(MODEL_KEY, list(xs))])
-    ops = op.key_rm("unkey_model", op.stateful(
-        "embed_model", op.key_on("key_model", to_model, _key),
-        lambda resume: EmbedModel(cfg, resume, TowerEmbedder(root, check_s, cfg.price_scale),
-                                  recovery)))
-    op.output("embedding_store", ops, EmbeddingSink(resolve_redis_url(settings),
-                                                    settings.redis_password.get() or None,
+    model_inputs = op.merge("model_inputs", segments, rows)
+    to_model = op.flat_map_batch("to_model", model_inputs, lambda xs: [Group(MODEL_KEY, list(xs))])
+    keyed_model = op.key_on("key_model", to_model, _key)
+    model = op.stateful("embed_model", keyed_model, lambda resume: EmbedModel(
+        cfg, resume, TowerEmbedder(root, check_s, cfg.price_scale), recovery))
+    ops = op.key_rm("unkey_model", model)
+    op.output("embedding_store", ops, EmbeddingSink(resolve_redis_url(settings), settings,
                                                     settings.redis_prefix))
     return flow
 

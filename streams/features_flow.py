@@ -1,43 +1,39 @@
 """The feature dataflow: clickstream + catalog + users + impressions -> live state in Redis.
 
-    clickstream ─► decode_validate ─┬─ errs ────────────────────────────────────────► dead_letter
-                   (per batch)      └─ oks by user ─► key_by_user ─► sessionize ─┬─ session writes
-                                                                                 ├─ late ─► dead_letter
-                                         covisit ◄─ key_by_src ◄─ combine_pairs ◄─┼─ covisits
-                                                                                 └─ touches ─┐
-    impressions ─► decode_impressions ─► touches (one per served item) ──────────────────────┤
-    catalog     ─► decode_catalog ─┬─ errs ─► dead_letter                                    │
-                                   └─ rows ──────────────────────────────────► key_by_item ─► item_step
-                                                                                              ├─ item writes
-    users       ─► decode_profiles ─ rows ─┐                                                  │
-                                           └────────► key_by_user_2 ◄─ user touches ──────────┘
-                                                            └─► user_step ─► user writes
-    all writes ─► redis_state (one pipelined round trip per batch; SETs as MSETs)
+    clickstream ─► decode_validate (per batch) ─► split_clicks ─┬─ errs ─────────────────► dead_letter
+                                                                └─ oks ─► key_by_user ─► sessionize
+    sessionize ─┬─ session writes ──────────────────────────────────────────────────────► redis_state
+                ├─ rejected (late events) ──────────────────────────────────────────────► dead_letter
+                ├─ covisits ─► combine_pairs ─► key_by_source_item ─► covisit ─ writes ─► redis_state
+                └─ touches ─► group_touches ───────────────────┐
+    impressions ─► decode_impressions ─► split_impressions ─┬──┼─ errs ─────────────────► dead_letter
+                                       group_impressions ◄──┘  │
+                                              └───────────────►├─ item_inputs
+    catalog ─► decode_catalog ─► split_catalog ─┬─ errs ───────┼────────────────────────► dead_letter
+                                                └─ rows ───────┘
+    item_inputs ─► key_by_item ─► item_step ─┬─ item writes ────────────────────────────► redis_state
+                                             └─ user touches ─► group_user_touches ─┐
+    users ─► decode_profiles ─► split_profiles ─┬─ errs ────────────────────────────────► dead_letter
+                                                └─ rows ─────────────► user_inputs ◄─┘
+    user_inputs ─► key_by_user_for_features ─► user_step ─ user writes ─────────────────► redis_state
 
-Decoding lives in ``streams.decoders``, the pure step math in ``streams.steps``.
+``redis_state``: one pipelined round trip per batch (SETs as MSETs). Decoding lives in
+``streams.decoders`` (over ``features.events`` / ``features.record_decoding``), the pure step math
+in ``features.state_updates``, the building blocks in ``streams.flow_parts``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSource
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow
 
-from recsys.settings import Settings, resolve_redis_url
-from streams import decoders as D
-from streams import kafka_io
-from streams.coalesce import Coalesce, Group, group_by
-from streams.events import Ev, Rejected
-from streams.redis_sink import RedisSink, Write
-from streams.steps import (
-    CatalogRow,
-    CoVisits,
+from core.settings import Settings, resolve_redis_url
+from features.events import Ev, Rejected
+from features.state_updates import (
     Pair,
-    ProfileRow,
     StepConfig,
     Touch,
     UserTouch,
@@ -47,67 +43,33 @@ from streams.steps import (
     sessionize,
     user_step,
 )
+from features.writes import Write
+from streams import decoders as D
+from streams import kafka_io
+from streams.coalesce import Group, group_by
+from streams.flow_parts import Bundle, coalesced, item_of, route_key, split_rejected, user_of
+from streams.redis_sink import RedisSink
 
 
-def _pick(kind: type) -> Any:
-    """filter_map function keeping only records of one type (typed split of a stream)."""
-    def f(x: object) -> Any:
-        return x if isinstance(x, kind) else None
-    f.__name__ = f"only_{kind.__name__}"
-    return f
-
-
-@dataclass(slots=True)
-class Bundle:
-    """A step's outputs for one input, split by type ONCE (each downstream split is then one
-    call per input, not one per output record)."""
-
-    writes: list[Write] = field(default_factory=list)
-    touches: list[Touch] = field(default_factory=list)
-    covisits: list[CoVisits] = field(default_factory=list)
-    user_touches: list[UserTouch] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
-
-
-_SLOTS = {Write: "writes", Touch: "touches", CoVisits: "covisits", UserTouch: "user_touches",
-          Rejected: "rejected"}
-
-
-def _key(x: Any) -> str:
-    """The routing key of a record or a ``Group`` (groups carry their key)."""
-    if isinstance(x, Group):
-        return x.key
-    return str(getattr(x, "item_id", None) or x.user_id)
-
-
-def _user(x: Any) -> str:
-    return str(x.user_id)
-
-
-def _item(x: Any) -> str:
-    return str(x.item_id)
-
-
-def _events_by_user(decoded: list[Ev | Rejected]) -> list[Group | Rejected]:
-    """A decoded batch: its valid events grouped by user (one keyed record per user), then its
-    rejects."""
-    groups = group_by([x for x in decoded if isinstance(x, Ev)], _user)
+def events_by_user(max_skew_ms: int, msgs: list[object]) -> list[Group | Rejected]:
+    """A batch of clickstream messages: its valid events grouped by user (one keyed record per
+    user), then its rejects."""
+    decoded = D.decode_clickstream_batch(msgs, max_skew_ms)
+    groups = group_by([x for x in decoded if isinstance(x, Ev)], user_of)
     return [*groups, *(x for x in decoded if isinstance(x, Rejected))]
 
 
-def to_bundle(outs: list[Any]) -> Bundle:
-    b = Bundle()
-    for o in outs:
-        getattr(b, _SLOTS[type(o)]).append(o)
-    return b
+def touches_by_item(bundles: list[Bundle]) -> list[Group]:
+    return group_by([t for b in bundles for t in b.touches], item_of)
 
 
-def coalesced(step_id: str, keyed: Any, step: Any, interval_ms: int, wrap: Any = to_bundle,
-              copy_state: bool = False) -> Any:
-    """A pure keyed step whose Redis writes are coalesced per key (``streams.coalesce``)."""
-    return op.key_rm(f"unkey_{step_id}", op.stateful(
-        step_id, keyed, lambda resume: Coalesce(step, resume, interval_ms, wrap, copy_state,
-                                                step_id)))
+def user_touches_by_user(bundles: list[Bundle]) -> list[Group]:
+    return group_by([u for b in bundles for u in b.user_touches], user_of)
+
+
+def pairs_of(bundles: list[Bundle]) -> list[Pair]:
+    """Co-visits of a batch combined into one ``Pair`` per source item."""
+    return combine_pairs([c for b in bundles for c in b.covisits])
 
 
 def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True) -> Dataflow:
@@ -119,55 +81,57 @@ def build_flow(settings: Settings, flow_id: str = "features", tail: bool = True)
         return kafka_io.source(settings, topic, tail)
 
     flow = Dataflow(flow_id)
-    # clickstream: a batch of KafkaSourceMessage -> Group[Ev] per user | Rejected
-    clicks = op.flat_map_batch("decode_validate", op.input("clickstream_in", flow,
-                                                           source("clickstream")),
-                               lambda ms: _events_by_user(D.decode_clickstream_batch(ms, max_skew_ms)))
-    by_user: Stream[Group] = op.filter_map("user_events", clicks, _pick(Group))
-    # (user_id, Group[Ev]) -> Bundle(writes, touches, covisits, rejected)
-    sess = coalesced("sessionize", op.key_on("key_by_user", by_user, _key),
-                     partial(sessionize, cfg), flush_ms)
-    # impressions: KafkaSourceMessage -> Touch (per served item) | Rejected
-    imps = op.flat_map("decode_impressions", op.input("impressions_in", flow, source("impressions")),
-                       D.decode_impressions)
-    # catalog / users: KafkaSourceMessage -> CatalogRow | ProfileRow | Rejected
-    cat = op.map("decode_catalog", op.input("catalog_in", flow, source("catalog")), D.decode_catalog)
-    prof = op.map("decode_profiles", op.input("users_in", flow, source("users")), D.decode_profile)
+    # inputs: KafkaSourceMessage (or a consume error) per record
+    click_msgs = op.input("clickstream_in", flow, source("clickstream"))
+    impression_msgs = op.input("impressions_in", flow, source("impressions"))
+    catalog_msgs = op.input("catalog_in", flow, source("catalog"))
+    profile_msgs = op.input("users_in", flow, source("users"))
 
-    # items: (item_id, Touch | CatalogRow) -> Write | UserTouch
-    touches = op.flat_map_batch("group_touches", sess,
-                                lambda bs: group_by([t for b in bs for t in b.touches], _item))
-    imp_touches = op.flat_map_batch("group_impressions", op.filter_map(
-        "impression_touches", imps, _pick(Touch)), lambda ts: group_by(ts, _item))
-    to_items = op.merge("item_inputs", touches, imp_touches,
-                        op.filter_map("catalog_rows", cat, _pick(CatalogRow)))
-    # (item_id, Group[Touch] | CatalogRow) -> Bundle(writes, user_touches)
-    item_out = coalesced("item_step", op.key_on("key_by_item", to_items, _key),
-                         partial(item_step, cfg), flush_ms)
-    # users: (user_id, UserTouch | ProfileRow) -> Write
-    user_touches = op.flat_map_batch("group_user_touches", item_out,
-                                     lambda bs: group_by([u for b in bs for u in b.user_touches], _user))
-    to_users = op.merge("user_inputs", user_touches,
-                        op.filter_map("profile_rows", prof, _pick(ProfileRow)))
-    user_writes = coalesced("user_step", op.key_on("key_by_user_2", to_users, _key),
-                            partial(user_step, cfg), flush_ms, wrap=list)
-    # co-visitation: CoVisits combined per batch into one Pair per source item,
-    # then (src, Pair) -> Write
-    pairs = op.flat_map_batch("combine_pairs", sess,
-                              lambda bs: combine_pairs([c for b in bs for c in b.covisits]))
-    covis = coalesced("covisit", op.key_on("key_by_src", pairs, lambda p: p.src),
-                      partial(covisit_step, cfg), flush_ms, wrap=list, copy_state=True)
+    # decode: batch of messages -> Group[Ev] per user | Rejected; then oks / errs
+    clicks = op.flat_map_batch("decode_validate", click_msgs, partial(events_by_user, max_skew_ms))
+    user_events, click_errs = split_rejected("split_clicks", clicks)
+    # message -> Touch (one per served item) | Rejected
+    impressions = op.flat_map("decode_impressions", impression_msgs, D.decode_impressions)
+    impression_touches, impression_errs = split_rejected("split_impressions", impressions)
+    # message -> CatalogRow | Rejected, ProfileRow | Rejected
+    catalog = op.map("decode_catalog", catalog_msgs, D.decode_catalog)
+    catalog_rows, catalog_errs = split_rejected("split_catalog", catalog)
+    profiles = op.map("decode_profiles", profile_msgs, D.decode_profile)
+    profile_rows, profile_errs = split_rejected("split_profiles", profiles)
 
-    # sinks: every Rejected -> dead-letter topic; every Write -> Redis
-    dead = op.merge("all_rejected", op.flat_map("session_rejected", sess, lambda b: b.rejected),
-                    *(op.filter_map(f"rejected_{name}", s, _pick(Rejected))
-                      for name, s in (("clicks", clicks), ("imps", imps), ("cat", cat), ("prof", prof))))
-    op.output("dead_letter_out", op.map("to_dlq_record", dead, D.to_dead_letter),
-              kafka_io.sink(settings, "dead_letter"))
-    # Write, or a list of them from one step input (the sink flattens)
-    writes = op.merge("all_writes", op.map("session_writes", sess, lambda b: b.writes),
-                      op.map("item_writes", item_out, lambda b: b.writes), user_writes, covis)
-    op.output("redis_state", writes, RedisSink(resolve_redis_url(settings)))
+    # sessions: (user_id, Group[Ev]) -> Bundle(writes, touches, covisits, rejected)
+    keyed_events = op.key_on("key_by_user", user_events, route_key)
+    sessions = coalesced("sessionize", keyed_events, partial(sessionize, cfg), flush_ms)
+
+    # items: (item_id, Group[Touch] | CatalogRow) -> Bundle(writes, user_touches)
+    session_touches = op.flat_map_batch("group_touches", sessions, touches_by_item)
+    served_touches = op.flat_map_batch("group_impressions", impression_touches,
+                                       lambda ts: group_by(ts, item_of))
+    item_inputs = op.merge("item_inputs", session_touches, served_touches, catalog_rows)
+    keyed_items = op.key_on("key_by_item", item_inputs, route_key)
+    items = coalesced("item_step", keyed_items, partial(item_step, cfg), flush_ms)
+
+    # users: (user_id, Group[UserTouch] | ProfileRow) -> [Write]
+    user_touches = op.flat_map_batch("group_user_touches", items, user_touches_by_user)
+    user_inputs = op.merge("user_inputs", user_touches, profile_rows)
+    keyed_users = op.key_on("key_by_user_for_features", user_inputs, route_key)
+    user_writes = coalesced("user_step", keyed_users, partial(user_step, cfg), flush_ms, wrap=list)
+
+    # co-visitation: (src item, Pair) -> [Write]
+    pairs = op.flat_map_batch("combine_pairs", sessions, pairs_of)
+    keyed_pairs = op.key_on("key_by_source_item", pairs, lambda p: p.src)
+    covisit_writes = coalesced("covisit", keyed_pairs, partial(covisit_step, cfg), flush_ms, wrap=list,
+                               copy_state=True)
+
+    # sinks: every Rejected -> dead-letter topic; every Write (or list of them) -> Redis
+    late = op.flat_map("session_rejected", sessions, lambda b: b.rejected)
+    rejected = op.merge("all_rejected", late, click_errs, impression_errs, catalog_errs, profile_errs)
+    dead_letters = op.map("to_dlq_record", rejected, D.to_dead_letter)
+    op.output("dead_letter_out", dead_letters, kafka_io.sink(settings, "dead_letter"))
+    session_writes = op.map("session_writes", sessions, lambda b: b.writes)
+    item_writes = op.map("item_writes", items, lambda b: b.writes)
+    writes = op.merge("all_writes", session_writes, item_writes, user_writes, covisit_writes)
+    op.output("redis_state", writes, RedisSink(resolve_redis_url(settings), settings))
     return flow
 
 

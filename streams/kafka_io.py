@@ -6,7 +6,7 @@ from typing import Any
 
 from bytewax.connectors.kafka import KafkaSink, KafkaSource
 
-from recsys.settings import Settings, resolve_kafka_bootstrap
+from core.settings import Settings, resolve_kafka_bootstrap
 
 
 def _client_conf(settings: Settings) -> tuple[list[str], dict[str, Any]]:

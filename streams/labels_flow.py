@@ -22,11 +22,12 @@ from bytewax.operators import StatefulLogic
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
+from core.settings import Settings
+from features import labels as L
+from features.events import Ev, parse
 from proto import events_pb2
-from recsys.settings import Settings
-from streams import kafka_io, metrics
-from streams import labels as L
-from streams.events import Ev, parse
+from streams import flow_metrics as metrics
+from streams import kafka_io
 
 EXAMPLES = Counter("recsys_labels_examples_total", "training examples emitted", ["kind"])
 SKIPPED = Counter("recsys_labels_skipped_total", "records the label join could not use", ["reason"])
@@ -125,14 +126,16 @@ def build_label_flow(settings: Settings, flow_id: str = "labels", tail: bool = T
         return kafka_io.source(settings, topic, tail)
 
     flow = Dataflow(flow_id)
-    imps = op.flat_map("decode_impression", op.input("impressions_in", flow, source("impressions")),
-                       decode_impression)
-    acts = op.flat_map("label_events", op.input("clickstream_in", flow, source("clickstream")),
-                       lambda m: label_events(m, max_skew_ms))
-    both = op.merge("impressions_and_actions", imps, acts)
+    impression_msgs = op.input("impressions_in", flow, source("impressions"))
+    click_msgs = op.input("clickstream_in", flow, source("clickstream"))
+    # Impression (served items, features as served) | LabelEvent (click / cart / purchase)
+    impressions = op.flat_map("decode_impression", impression_msgs, decode_impression)
+    actions = op.flat_map("label_events", click_msgs, lambda m: label_events(m, max_skew_ms))
+    both = op.merge("impressions_and_actions", impressions, actions)
+    # (request_id, Impression | LabelEvent) -> TrainingExample (on attribution timers)
     keyed = op.key_on("key_by_request", both, lambda x: x.request_id)
-    examples = op.key_rm("unkey_examples", op.stateful(
-        "label_join", keyed, lambda resume: LabelJoin(resume, windows)))
-    op.output("training_examples_out", op.map("to_record", examples, to_record),
-              kafka_io.sink(settings, "training"))
+    joined = op.stateful("label_join", keyed, lambda resume: LabelJoin(resume, windows))
+    examples = op.key_rm("unkey_examples", joined)
+    records = op.map("to_record", examples, to_record)
+    op.output("training_examples_out", records, kafka_io.sink(settings, "training"))
     return flow

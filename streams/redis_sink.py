@@ -9,40 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from core.redis_client import redis_client
+from core.settings import Settings
+from features.writes import Write, materialize
 from proto.keys import CHANGELOG_MAXLEN
-from streams import metrics
-
-
-class Lazy:
-    """A state value computed only when written: ``fn(*args)``. Coalesced writes to a hot key
-    then encode only the value that is actually flushed."""
-
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        self.fn, self.args = fn, args
-
-    def materialize(self) -> Any:
-        return self.fn(*self.args)
-
-
-def materialize(value: Any) -> Any:
-    return value.materialize() if isinstance(value, Lazy) else value
-
-
-class Write(NamedTuple):
-    op: str  # "set" | "zadd" | "zreplace" | "sadd" | "zrem" | "ztrim" | "notify" (key: a STREAM)
-    key: str
-    value: Any
-    ingest_ms: int = 0  # Kafka timestamp of the event that caused it (freshness)
-    kind: str = ""  # metric label
-
+from streams import flow_metrics as metrics
 
 MSET_CHUNK = 1000  # keys per MSET command
 
@@ -118,8 +95,8 @@ FRESHNESS_SAMPLES = 64
 
 
 class _RedisPartition(StatelessSinkPartition[Write | Sequence[Write]]):
-    def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=10)
+    def __init__(self, url: str, settings: Settings | None = None) -> None:
+        self._client = redis_client(settings, url=url, timeout_s=10)
 
     def write_batch(self, batch: list[Write | Sequence[Write]]) -> None:
         items: list[Write] = []
@@ -134,6 +111,8 @@ class _RedisPartition(StatelessSinkPartition[Write | Sequence[Write]]):
             try:
                 apply_writes(self._client, items)
                 break
+            except redis.AuthenticationError:  # a wrong password does not heal
+                raise
             except redis.ConnectionError:
                 if attempt == 4:
                     raise
@@ -151,8 +130,10 @@ class _RedisPartition(StatelessSinkPartition[Write | Sequence[Write]]):
 
 
 class RedisSink(DynamicSink[Write | Sequence[Write]]):
-    def __init__(self, url: str) -> None:
-        self._url = url
+    """``settings``: the credentials and TLS options for ``url`` (``core.redis_client``)."""
+
+    def __init__(self, url: str, settings: Settings | None = None) -> None:
+        self._url, self._settings = url, settings
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        return _RedisPartition(self._url)
+        return _RedisPartition(self._url, self._settings)

@@ -18,9 +18,9 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from recsys.metrics_endpoint import start_metrics
-from recsys.settings import Settings
-from streams import metrics
+from core.metrics_endpoint import start_metrics
+from core.settings import Settings
+from streams import flow_metrics as metrics
 from streams.embeddings_flow import build_embeddings_flow
 from streams.features_flow import build_flow
 from streams.labels_flow import build_label_flow

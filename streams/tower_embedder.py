@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry, RegistryError
+from proto.keys import tower_keys
 from streams.emb_vectors import hashed_id, price_bucket
-from streams.embeddings import CatalogInfo, tower_keys
+from streams.embeddings import CatalogInfo
 
 log = logging.getLogger(__name__)
 

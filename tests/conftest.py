@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from recsys import kafka
+from core import kafka
+from core.settings import Settings, load_settings, settings_to_env
 from recsys.embedded.redis_server import RedisServer
-from recsys.settings import Settings, load_settings, settings_to_env
 
 ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"  # the real public datasets, beside the repository
+TEST_DEADLINE_MS = 30_000.0
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +83,9 @@ def settings(broker: dict, redis_server: RedisServer, stack_dir: Path) -> Settin
         labels_metrics_port=0,
         embeddings_metrics_port=0,
         grpc_port=0,
+        # scorer tests assert behaviour, not speed: a deadline no stalled 2-core VM hits by
+        # accident (the production deadline path has its own test, with a stage made late)
+        request_deadline_ms=TEST_DEADLINE_MS,
     )
     kafka.ensure_topics(s, s.all_topics(), s.partitions)
     return s

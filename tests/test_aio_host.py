@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from online.aio_host import EVENT_LOOPS, new_event_loop
-from online.echo import ECHO_SERVICE, make_echo_server
 from proto import recommend_pb2, recommend_pb2_grpc
+from recsys.bench.echo import ECHO_SERVICE, make_echo_server
 
 
 @pytest.mark.parametrize("loop", EVENT_LOOPS)

@@ -10,6 +10,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from core.settings import Settings
 from online.ann.follower import (
     EmbeddingStore,
     IndexFollower,
@@ -19,7 +20,6 @@ from online.ann.follower import (
 )
 from proto import codecs
 from proto.keys import Keys
-from recsys.settings import Settings
 
 DIM = 16
 

@@ -238,8 +238,8 @@ def test_bench_small_scale_reports_keys_and_recall(tmp_path: Path) -> None:
     import argparse
     import json
 
-    from online.ann import bench
-    from recsys.settings import Settings
+    from core.settings import Settings
+    from recsys.bench import ann as bench
 
     p = argparse.ArgumentParser()
     bench.add_arguments(p)

@@ -89,20 +89,20 @@ def test_small_run_reports_every_key(tmp_path: Path) -> None:
     for w in workers:
         assert w["requests"] >= 5 and 0 < w["ranking_mean_ms"] < w["handler_mean_ms"], workers
     # `recsys serve` restarted itself with malloc on huge pages where THP can give them
-    from recsys.huge_pages import thp_mode
+    from core.huge_pages import thp_mode
 
     want = "yes" if thp_mode() in ("always", "madvise") else "no"
     assert f"malloc on huge pages: {want}" in out.stdout + out.stderr
     assert r["serve_huge_pages"] is True and r["thp"] == thp_mode()
     # the CLI chose gRPC's I/O engine before gRPC loaded, and the workers it started inherited it
-    from recsys import grpc_env
+    from core import grpc_env
 
     io = grpc_env.describe() if grpc_env.VARIABLE in os.environ else "epoll I/O manager"
     assert f"gRPC I/O: {io}" in out.stdout + out.stderr and r["grpc_io"] == io
 
 
 def test_stage_p99_counts_every_worker() -> None:
-    from online.bench_serve import stage_p99
+    from recsys.bench.serve import stage_p99
 
     def scrape(fast: float, slow: float) -> dict:  # cumulative buckets of one worker
         name = "recsys_serve_stage_seconds_bucket"

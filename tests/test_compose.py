@@ -2,7 +2,10 @@
 
 - the compose file is valid against the Compose Specification schema (and the validator is
   shown to reject broken files, so a pass means something);
+- every long-running process of `recsys up` (``recsys.cli.up.ROLES``, which its start-up code
+  uses) is a service, matched by the command it runs;
 - every `recsys ...` command names a real subcommand and parses with the real CLI parser;
+- retrain, the scorer and the embeddings dataflow share one named volume as the model registry;
 - every RECSYS_* variable is a real setting, and the addresses point at compose services that
   the process waits for; the scorer listens on all interfaces and is published;
 - the topic-creation service creates every topic the settings name, compacted where keyed.
@@ -12,8 +15,9 @@ The Dockerfile and the build context: ``test_dockerfile.py``.
 
 from __future__ import annotations
 
+import ast
 import copy
-import dataclasses
+import inspect
 import re
 from typing import Any
 from urllib.parse import urlparse
@@ -21,18 +25,23 @@ from urllib.parse import urlparse
 import pytest
 from jsonschema import Draft7Validator, FormatChecker
 
+from core.settings import SettingsError, load_settings
+from recsys.cli import up
 from recsys.cli.main import subcommands
-from recsys.settings import SettingsError, load_settings
 from tests.compose_files import (
     BUILT_SERVICES,
     COMPOSE,
     COMPOSE_FILE,
+    EMBEDDED_INFRA,
     RECSYS_SERVICES,
-    REQUIRED_RECSYS_SERVICES,
     SERVICES,
     argv_of,
     environment_of,
+    missing_roles,
     parse_cli,
+    recsys_variable_problems,
+    registry_problems,
+    services_by_role,
     settings_of,
 )
 from tests.compose_schema import ComposeSchemaUnavailable, load_compose_schema
@@ -151,9 +160,85 @@ def test_validator_rejects_broken_compose_files(label: str, mutate: Any, where: 
 # (b) commands
 
 
-def test_our_processes_are_services() -> None:
-    missing = REQUIRED_RECSYS_SERVICES - {parse_cli(a).command for a in RECSYS_SERVICES.values()}
-    assert not missing, f"no compose service runs `recsys {'|'.join(sorted(missing))}`"
+def _children_up_starts() -> dict[str, str]:
+    """name -> source of every `start(name, ...)` call in `recsys up`'s run()."""
+    tree = ast.parse(inspect.getsource(up.run))
+    return {call.args[0].value: ast.unparse(call) for call in ast.walk(tree)
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "start"
+            and call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)}
+
+
+def test_up_starts_its_roles_from_the_roles_table() -> None:
+    # ROLES is the list the compose check uses: it must be what `up` really starts
+    started = _children_up_starts()
+    assert started, "found no start(name, ...) call in recsys.cli.up.run"
+    unlisted = sorted(set(started) - set(up.ROLES) - set(EMBEDDED_INFRA))
+    assert not unlisted, f"`recsys up` starts {unlisted}, which recsys.cli.up.ROLES does not list"
+    not_started = sorted(set(up.ROLES) - set(started))
+    assert not not_started, f"recsys.cli.up.ROLES lists {not_started}, which `recsys up` never starts"
+    source = inspect.getsource(up.run)
+    unused = [r for r in up.ROLES if f'ROLES["{r}"]' not in source]
+    assert not unused, f"`recsys up` starts {unused} with an argv of its own, not ROLES[...]"
+    for role, argv in up.ROLES.items():
+        assert parse_cli(list(argv)).command in subcommands(), f"ROLES[{role!r}] = {argv} does not parse"
+
+
+def test_every_role_of_recsys_up_is_a_service() -> None:
+    missing = missing_roles(SERVICES)
+    assert not missing, f"{COMPOSE_FILE.name}:\n  " + "\n  ".join(missing)
+
+
+@pytest.mark.parametrize("role", sorted(up.ROLES))
+def test_role_check_names_a_missing_role(role: str) -> None:
+    # one service per role, running it with extra options as compose services do; then drop one
+    services = {f"svc-{r}": {"command": ["recsys", *argv, *(["--quiet"] if argv[0] == "sim" else [])]}
+                for r, argv in up.ROLES.items()}
+    assert missing_roles(services) == [], services_by_role(services)
+    del services[f"svc-{role}"]
+    missing = missing_roles(services)
+    assert len(missing) == 1 and repr(role) in missing[0], (
+        f"without the service running {role!r}, the check reported {missing}")
+
+
+def test_role_check_counts_only_services_compose_starts() -> None:
+    doc = copy.deepcopy(COMPOSE)
+    for name in services_by_role(doc["services"])["retrain"]:
+        doc["services"][name]["profiles"] = ["training"]
+    assert any("'retrain'" in m for m in missing_roles(doc["services"]))
+
+
+def test_model_registry_is_one_volume_shared_by_retrain_and_the_readers() -> None:
+    problems = registry_problems(COMPOSE)
+    assert not problems, "\n".join(problems)
+
+
+def _registry_mutations() -> list[tuple[str, Any, str]]:
+    def reader_unmounted(doc: dict[str, Any]) -> None:
+        svc = doc["services"]["serve"]
+        svc["volumes"] = [v for v in svc["volumes"] if "/models" not in str(v)]
+
+    def writer_read_only(doc: dict[str, Any]) -> None:
+        svc = doc["services"]["retrain"]
+        svc["volumes"] = [f"{v}:ro" if "/models" in str(v) else v for v in svc["volumes"]]
+
+    def other_volume(doc: dict[str, Any]) -> None:
+        doc["volumes"]["other-registry"] = None
+        svc = doc["services"]["embeddings"]
+        svc["volumes"] = ["other-registry:" + str(v).split(":", 1)[1] if "/models" in str(v) else v
+                          for v in svc["volumes"]]
+
+    return [("reader without the registry", reader_unmounted, "'serve'"),
+            ("writer mounts it read-only", writer_read_only, "read-only"),
+            ("a reader on another volume", other_volume, "different volumes")]
+
+
+@pytest.mark.parametrize(("label", "mutate", "expect"), _registry_mutations(),
+                         ids=[m[0] for m in _registry_mutations()])
+def test_registry_check_rejects(label: str, mutate: Any, expect: str) -> None:
+    doc = copy.deepcopy(COMPOSE)
+    mutate(doc)
+    problems = registry_problems(doc)
+    assert any(expect in p for p in problems), f"{label}: expected {expect!r} in {problems}"
 
 
 def test_services_built_from_our_image_run_the_recsys_cli() -> None:
@@ -190,6 +275,21 @@ def test_recsys_environment_variables_are_real_settings(name: str) -> None:
         load_settings(env=env)
     except SettingsError as exc:
         pytest.fail(f"service {name!r}: {exc}", pytrace=False)
+
+
+def test_every_recsys_variable_in_the_file_is_a_setting() -> None:
+    problems = recsys_variable_problems(COMPOSE)
+    assert not problems, f"{COMPOSE_FILE.name}:\n  " + "\n  ".join(problems)
+
+
+def test_recsys_variable_check_rejects_typos() -> None:
+    doc = copy.deepcopy(COMPOSE)
+    doc["x-recsys-env"]["RECSYS_EMBEDDING_METRICS_PORT"] = "9105"  # embeddingS
+    check = doc["services"]["embeddings"]["healthcheck"]["test"]
+    check[-1] = check[-1].replace("RECSYS_EMBEDDINGS_METRICS_PORT", "RECSYS_LABELS_METRICS_PORT")
+    problems = recsys_variable_problems(doc)
+    assert any("RECSYS_EMBEDDING_METRICS_PORT is not a setting" in p for p in problems), problems
+    assert any("'embeddings'" in p and "RECSYS_LABELS_METRICS_PORT" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("name", sorted(RECSYS_SERVICES))
@@ -267,8 +367,8 @@ def test_topic_service_creates_every_topic_the_settings_name() -> None:
                   for v in re.findall(r"--partitions\s+(\S+)", script)]
     for svc in sorted(RECSYS_SERVICES):
         s = settings_of(svc)
-        logical = [f.name.removeprefix("topic_") for f in dataclasses.fields(s)
-                   if f.name.startswith("topic_") and f.name != "topic_prefix"]
+        logical = [name.removeprefix("topic_") for name in type(s).model_fields
+                   if name.startswith("topic_") and name != "topic_prefix"]
         expected = {s.topic(n) for n in logical}
         missing = expected - set(created)
         assert not missing, f"{name} does not create {sorted(missing)}, which {svc!r} uses"

@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import torch
 
-from models import ranking_data as RD
-from models.ddp import Dist, run_steps
-from sim.config import SimConfig as WorldConfig
+from models.distributed import Dist
+from recsys.bench.ddp_steps import run_steps
+from sim import training_set as TS
+from sim.config import WorldConfig
 from tests.conftest import ROOT
 
 STEPS, BATCH = 12, 256
@@ -22,7 +23,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     torch.set_num_threads(1)
     world = WorldConfig().with_(catalog={"n_items": 200, "seed": 5}, users={"n_users": 300},
                                 dynamics={"new_users_per_h": 5, "new_items_per_h": 2})
-    data = RD.simulate(RD.SimConfig(days=0.8, warmup_days=0.3, sessions_per_h=20), world=world)
+    data = TS.simulate(TS.TrainingSetConfig(days=0.8, warmup_days=0.3, sessions_per_h=20), world=world)
     path = tmp_path / "d.npz"
     data.save(path)
     single = run_steps(path, STEPS, BATCH, seed=1, model="mmoe", d=Dist())
@@ -32,7 +33,8 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     out = tmp_path / "ddp.json"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "models.ddp", "--data", str(path), "--steps", str(STEPS), "--batch-size", str(BATCH),
+         "-m", "recsys.bench.ddp_steps", "--data", str(path), "--steps", str(STEPS),
+         "--batch-size", str(BATCH),
          "--seed", "1", "--model", "mmoe", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
     )

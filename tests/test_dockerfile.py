@@ -5,6 +5,7 @@ what `pip install .` needs."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import re
@@ -15,18 +16,20 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
+from core.settings import SettingsError, load_settings
 from recsys.cli.main import subcommands
-from recsys.settings import SettingsError, load_settings
 from tests.compose_files import (
     BUILT_SERVICES,
-    REQUIRED_RECSYS_SERVICES,
+    COMPOSE,
     ROOT,
     Instruction,
     dockerfile_env,
     dockerfile_instructions,
     dockerfile_of,
     final_stage,
+    mounts_of,
     parse_cli,
+    services_by_role,
 )
 
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -57,7 +60,9 @@ def _dockerignored(name: str, patterns: list[str]) -> bool:
 
 
 def test_services_built_from_an_existing_dockerfile() -> None:
-    assert set(BUILT_SERVICES) >= REQUIRED_RECSYS_SERVICES, "stream/serve/sim must be built from our image"
+    role_services = {n for names in services_by_role(COMPOSE["services"]).values() for n in names}
+    not_built = sorted(role_services - set(BUILT_SERVICES))
+    assert not not_built, f"services running `recsys up` roles must be built from our image: {not_built}"
     for name, svc in BUILT_SERVICES.items():
         context, dockerfile = dockerfile_of(svc)
         assert context.is_dir(), f"service {name!r}: build context {context} does not exist"
@@ -109,3 +114,59 @@ def test_build_context_keeps_what_pip_install_needs() -> None:
         needed.append(str(dockerfile_of(svc)[1].relative_to(ROOT)))
     dropped = [n for n in needed if _dockerignored(n, patterns)]
     assert not dropped, f".dockerignore drops what the image build needs: {dropped}"
+
+
+def _shell_commands(stage: list[Instruction]) -> list[list[str]]:
+    """The simple commands of the stage's RUN instructions, in order (split on && ; |)."""
+    out = []
+    for ins in stage:
+        if ins.keyword != "RUN":
+            continue
+        for part in re.split(r"&&|;|\|\|?", ins.args):
+            with contextlib.suppress(ValueError):
+                if tokens := shlex.split(part):
+                    out.append(tokens)
+    return out
+
+
+def volume_ownership_problems(dockerfile: Path, targets: set[str]) -> list[str]:
+    """Each named-volume mount point exists in the image, owned by its USER: a fresh named
+    volume takes the mount point's ownership, so the non-root process can write to it."""
+    _base, stage = final_stage(dockerfile_instructions(dockerfile))
+    users = [i.args.split(":")[0] for i in stage if i.keyword == "USER"]
+    if not users or users[-1] in ("root", "0"):
+        return [f"{dockerfile}: the image runs as root"]
+    user = users[-1]
+    made: dict[str, int] = {}  # path -> index of the command that created it
+    owned: list[tuple[int, bool, str]] = []  # (index, recursive, path) chowned to the user
+    for i, tokens in enumerate(_shell_commands(stage)):
+        flags = {t for t in tokens[1:] if t.startswith("-")}
+        paths = [t for t in tokens[1:] if not t.startswith("-")]
+        if tokens[0] == "mkdir":
+            for path in paths:
+                chain = [path] if "-p" not in flags else [str(q) for q in (Path(path), *Path(path).parents)]
+                for q in chain:
+                    made.setdefault(q, i)
+        elif tokens[0] == "chown" and paths and paths[0].split(":")[0] == user:
+            owned += [(i, "-R" in flags, path) for path in paths[1:]]
+    problems = []
+    for target in sorted(targets):
+        if target not in made:
+            problems.append(f"{dockerfile}: {target} (a named volume's mount point) is not created in "
+                            f"the image: Docker would create it owned by root, unwritable by {user}")
+            continue
+        ok = any(path == target or (recursive and i > made[target] and Path(target).is_relative_to(path))
+                 for i, recursive, path in owned)
+        if not ok:
+            problems.append(f"{dockerfile}: {target} (a named volume's mount point) is not chowned to {user}")
+    return problems
+
+
+def test_named_volumes_are_writable_by_the_image_user() -> None:
+    volumes = COMPOSE.get("volumes") or {}
+    by_file: dict[Path, set[str]] = {}
+    for svc in BUILT_SERVICES.values():
+        targets = {m.target for m in mounts_of(svc, volumes) if m.named and not m.read_only}
+        by_file.setdefault(dockerfile_of(svc)[1], set()).update(targets)
+    problems = [p for f, targets in sorted(by_file.items()) for p in volume_ownership_problems(f, targets)]
+    assert not problems, "\n".join(problems)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 
+from core import kafka
+from features.events import make_event
 from online.server import build_server
 from proto import events_pb2, recommend_pb2, recommend_pb2_grpc
 from proto.keys import Keys
-from recsys import kafka
 from recsys.embedded.redis_server import free_port
-from streams.events import make_event
 from tests.conftest import ROOT, settings_env
 
 

@@ -4,7 +4,6 @@ the flow in a subprocess via ``recsys stream --flow embeddings``, under steady e
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import subprocess
 import sys
@@ -16,13 +15,15 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from core import kafka
+from core.settings import Settings
+from features.embedding_store import EmbeddingStore
+from features.events import make_event
+from features.state_updates import CatalogRow
 from models.registry import ModelRegistry
 from online.ann.follower import IndexFollower
-from online.ann.store import EmbeddingStore
 from proto import events_pb2
 from proto.keys import Keys
-from recsys import kafka
-from recsys.settings import Settings
 from streams.coalesce import Group
 from streams.emb_vectors import blend, blend_weight, group_centroids, hashed_direction, prior_vector
 from streams.embeddings import (
@@ -37,8 +38,6 @@ from streams.embeddings import (
     unit,
 )
 from streams.embeddings_flow import EmbedModel, TowerEmbedder
-from streams.events import make_event
-from streams.steps import CatalogRow
 from tests.conftest import ROOT, settings_env
 
 # --- pure logic ---------------------------------------------------------------------------
@@ -247,7 +246,7 @@ def _wait(cond: Callable[[], bool], limit_s: float, what: str, poll_s: float = 0
 
 def test_new_items_are_retrievable_and_deactivated_ones_vanish_within_2s(settings, redis_client
                                                                            ) -> None:
-    names = {f.name for f in dataclasses.fields(Settings)}
+    names = set(Settings.model_fields)
     s = settings.replace(session_gap_s=2.0,
                          **({"embeddings_metrics_port": 0} if "embeddings_metrics_port" in names else {}))
     dim = int(getattr(s, "embedding_dim", 64))

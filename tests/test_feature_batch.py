@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 import redis
 
-from models.deepfm import FeatureHasher
-from online import metrics
-from online import retrieval as R
-from online.features import (
+from features.decay import decay_exponent
+from features.ranking_features import (
     DENSE,
     CatalogPart,
     ItemColumns,
@@ -27,14 +25,16 @@ from online.features import (
     item_row,
     stats_part,
 )
+from models.deepfm import FeatureHasher
+from online import retrieval as R
+from online import scorer_metrics as metrics
+from online.candidates import merge_candidates
 from online.item_table import ItemTable
 from online.ranking import HeuristicRanker
 from online.rerank import Exploration
-from online.scorer import merge_candidates
 from online.store import RedisStore, UserState
 from proto import codecs
 from proto.keys import Keys
-from streams.features import decay_exponent
 
 T = 1_750_000_000_000
 H = 3600.0

@@ -10,12 +10,12 @@ from typing import Any
 
 from bytewax.testing import run_main
 
+from core import kafka
+from features.events import make_event
+from features.offline_builder import OfflineBuilder
 from proto import codecs, events_pb2
 from proto.keys import Keys
-from recsys import kafka
-from streams.events import make_event
 from streams.features_flow import build_flow
-from streams.offline import OfflineBuilder
 from streams.runner import ensure_recovery, recovery_dir
 
 NOW = int(time.time() * 1000)

@@ -8,9 +8,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import features as F
-from streams import item_features as IF
-from streams import user_features as UF
+from features import decay as FD
+from features import item_features as IF
+from features import sessions as F
+from features import user_features as UF
 
 H = 3600.0
 T0 = 1_750_000_000_000
@@ -22,21 +23,21 @@ def test_forward_decay_is_order_independent_and_matches_direct_sum(offsets, rnd)
     times = [T0 + o for o in offsets]
     s1 = None
     for t in times:
-        s1 = F.decay_add(s1, t, H)
+        s1 = FD.decay_add(s1, t, H)
     shuffled = times[:]
     rnd.shuffle(shuffled)
     s2 = None
     for t in shuffled:
-        s2 = F.decay_add(s2, t, H)
+        s2 = FD.decay_add(s2, t, H)
     now = max(times)
     direct = sum(2 ** (-(now - t) / 1000 / H) for t in times)
-    assert math.isclose(F.decayed_value(s1, now, H), direct, rel_tol=1e-9)
-    assert math.isclose(F.decayed_value(s2, now, H), direct, rel_tol=1e-9)
+    assert math.isclose(FD.decayed_value(s1, now, H), direct, rel_tol=1e-9)
+    assert math.isclose(FD.decayed_value(s2, now, H), direct, rel_tol=1e-9)
 
 
 def test_value_halves_after_one_half_life():
-    s = F.decay_add(None, T0, H, weight=8.0)
-    assert math.isclose(F.decayed_value(s, T0 + int(H * 1000), H), 4.0, rel_tol=1e-12)
+    s = FD.decay_add(None, T0, H, weight=8.0)
+    assert math.isclose(FD.decayed_value(s, T0 + int(H * 1000), H), 4.0, rel_tol=1e-12)
 
 
 def _apply(state, eid, t, item, etype="view", gap=1800.0):

@@ -79,7 +79,7 @@ def test_shapes_it_does_not_fold_are_served_unfused():
 def test_timing_tool_reports_every_form(tmp_path):
     import json
 
-    from models.fused import main
+    from recsys.bench.fused import main
 
     assert main(["--candidates", "16", "--rounds", "2", "--report", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())

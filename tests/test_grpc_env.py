@@ -1,4 +1,4 @@
-"""gRPC's I/O engine is chosen by ``GRPC_EXPERIMENTS`` before gRPC loads (``recsys.grpc_env``)."""
+"""gRPC's I/O engine is chosen by ``GRPC_EXPERIMENTS`` before gRPC loads (``core.grpc_env``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from recsys import grpc_env
+from core import grpc_env
 
 PROBE = (
     "import json, os, sys; import recsys.cli.main; "

@@ -1,5 +1,5 @@
 """`recsys serve` restarts itself once with glibc's malloc on transparent huge pages
-(``recsys.huge_pages``); the end-to-end check is in ``tests/test_bench_serve.py``."""
+(``core.huge_pages``); the end-to-end check is in ``tests/test_bench_serve.py``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from recsys import huge_pages
+from core import huge_pages
 
 
 class Execed(Exception):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from online import metrics
+from core import kafka
+from online import scorer_metrics as metrics
 from online.impressions import ImpressionLogger
 from proto import events_pb2
-from recsys import kafka
 from recsys.embedded.redis_server import free_port
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from models.item2vec import Item2Vec, Item2VecConfig, UnigramTable, skipgram_pairs
+from tests.conftest import DATA as SHARED_DATA
 
-DATA = Path("/work/shared/data/yoochoose_1_64/train_sessions.txt.gz")
+DATA = SHARED_DATA / "yoochoose_1_64" / "train_sessions.txt.gz"
 N_TRAIN, N_HELD, EPOCHS, CHUNK = 40_000, 10_000, 3, 2_000
 
 

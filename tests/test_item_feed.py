@@ -8,14 +8,15 @@ import time
 
 import redis
 
-from online.features import StatsPart
+from features.ranking_features import StatsPart
+from features.writes import Write
 from online.item_feed import ItemChangeFollower
 from online.item_table import Coverage, ItemTable
 from online.store import RedisStore
 from proto import codecs
 from proto.keys import Keys
 from recsys.embedded.redis_server import free_port
-from streams.redis_sink import Write, apply_writes
+from streams.redis_sink import apply_writes
 
 
 def _set_ctr(client: redis.Redis, k: Keys, item: str, ctr: float, notify: bool = False) -> None:
@@ -49,7 +50,7 @@ def test_item_changelog_keeps_rows_fresh_without_ttl(settings, redis_client):
 
 
 def _reads(part: str) -> float:
-    from online import metrics
+    from online import scorer_metrics as metrics
 
     return metrics.child(metrics.ITEM_READS, part)._value.get()
 

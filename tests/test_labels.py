@@ -8,10 +8,10 @@ import time
 
 from confluent_kafka import Consumer
 
+from core import kafka
+from features import labels as L
+from features.events import make_event
 from proto import events_pb2
-from recsys import kafka
-from streams import labels as L
-from streams.events import make_event
 from tests.conftest import ROOT, settings_env
 
 W = L.Windows(click_ms=30 * 60_000, purchase_ms=7 * 86400_000)

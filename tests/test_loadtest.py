@@ -16,11 +16,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hdrh.histogram import HdrHistogram
 
-from online.echo import EchoProcess
 from proto import recommend_pb2, recommend_pb2_grpc
+from recsys.bench.echo import EchoProcess
 from recsys.embedded.redis_server import free_port
-from sim.histogram import Histogram
+from sim.latency import cdf_points, new_histogram, record_us
 from sim.loadtest import LoadTestError, recommend_requests, run_open_loop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,14 +95,15 @@ def test_latency_is_measured_from_the_schedule_through_a_stall() -> None:
     finally:
         server.stop(0)
     assert res.errors == 0
-    slow = res.latency.count - round(res.latency.count * _fraction_below(res.latency, 50_000))
+    n = res.latency.get_total_count()
+    slow = n - round(n * _fraction_below(res.latency, 50_000))
     assert slow >= 40, f"only {slow} requests over 50 ms: the stall was under-counted"
     assert res.percentile_ms(99) >= 200.0
     assert res.percentile_ms(50) < 50.0
 
 
-def _fraction_below(h: Histogram, value_us: float) -> float:
-    below = [f for v, f in h.cdf_points() if v < value_us]
+def _fraction_below(h: HdrHistogram, value_us: float) -> float:
+    below = [f for v, f in cdf_points(h) if v < value_us]
     return below[-1] if below else 0.0
 
 
@@ -243,10 +245,11 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 
     runs = []
     for rps in (100.0, 200.0):
-        r = LoadResult("echo", "127.0.0.1:1", rps, 3.0, per_second=[Histogram() for _ in range(3)])
+        r = LoadResult("echo", "127.0.0.1:1", rps, 3.0, per_second=[new_histogram() for _ in range(3)])
         for s, h in enumerate(r.per_second):
-            h.record_many([500.0 * (s + 1), 900.0, 20_000.0])
-            r.latency.merge(h)
+            for v in (500.0 * (s + 1), 900.0, 20_000.0):
+                record_us(h, v)
+            r.latency.add(h)
         runs.append(r)
     for name, results in (("one.png", runs[:1]), ("sweep.png", runs)):
         out = plot_results(results, tmp_path / name)

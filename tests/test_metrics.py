@@ -1,4 +1,5 @@
-"""Metrics against hand-computed values."""
+"""Metrics against hand-computed values and independent references (AUC: the Mann-Whitney rank
+formula and brute-force pair counting; log loss: scikit-learn)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from models import metrics as m
+from models import offline_metrics as m
 
 
 def test_hit_rate_and_mrr_on_lists() -> None:
@@ -59,6 +60,50 @@ def test_auc_hand_computed_and_ties() -> None:
     # positives 0.9, 0.1; negatives 0.9, 0.2: pairs 0.5 + 1 + 0 + 0 = 1.5 of 4
     assert m.auc([1, 0, 1, 0], [0.9, 0.9, 0.1, 0.2]) == pytest.approx(0.375)
     assert m.auc([1, 1, 0], [3.0, 2.0, 1.0]) == pytest.approx(1.0)
+
+
+def _mann_whitney_auc(y: np.ndarray, s: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    r = rankdata(s)  # average ranks over ties
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    return float((r[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_matches_the_mann_whitney_rank_formula(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 50_000
+    z = rng.normal(-2.0, 1.0, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    s = (1 / (1 + np.exp(-(z + rng.normal(0, 1, n))))).round(3)  # ~1,000 distinct scores: ties
+    got = m.auc(y, s)
+    assert 0.6 < got < 0.9
+    assert got == pytest.approx(_mann_whitney_auc(y, s), abs=1e-12)
+    assert m.auc(y.astype(bool), s) == got and m.auc(y.astype(int).tolist(), s.tolist()) == got
+    assert m.auc(y, -s) == pytest.approx(1 - got, abs=1e-12)
+
+
+def test_auc_matches_pair_counting_on_small_sets() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        y = rng.integers(0, 2, 12).astype(float)
+        if not 0 < y.sum() < y.size:
+            continue
+        s = rng.integers(0, 4, 12).astype(float)  # heavy ties
+        pos, neg = s[y == 1], s[y == 0]
+        pairs = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        assert m.auc(y, s) == pytest.approx(float(pairs.mean()), abs=1e-12)
+
+
+def test_log_loss_agrees_with_sklearn_inside_the_clip() -> None:
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(5)
+    p = rng.uniform(1e-6, 1 - 1e-6, 10_000)
+    y = (rng.random(p.size) < p).astype(float)
+    assert m.log_loss(y, p) == pytest.approx(log_loss(y, p), rel=1e-12)
 
 
 def test_log_loss_hand_computed() -> None:

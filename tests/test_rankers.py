@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.settings import Settings
+from features import labels as L
+from features.offline_builder import OfflineBuilder
+from features.ranking_features import DENSE, SPARSE, assemble, item_row
 from models import ranker_runtime as RT
-from models import ranking_data as RD
+from models import ranking_dataset as RD
 from models import training_examples as TE
 from models.deepfm import (
     TASKS,
@@ -26,16 +30,13 @@ from models.deepfm import (
 )
 from models.mmoe import MMoE
 from models.ranker_eval import calibrate_and_evaluate
-from models.train_ranker import TrainConfig, fit, make_model
-from online.features import DENSE, SPARSE, assemble, item_row
+from models.train_ranker import RankerTrainConfig, fit, make_model
 from proto import codecs, events_pb2
 from proto.keys import Keys
-from recsys.settings import Settings
-from sim.config import SimConfig as WorldConfig
-from streams import labels as L
-from streams.offline import OfflineBuilder
+from sim import training_set as TS
+from sim.config import WorldConfig
 
-SIM = RD.SimConfig(days=1.2, warmup_days=0.4, sessions_per_h=20)
+SIM = TS.TrainingSetConfig(days=1.2, warmup_days=0.4, sessions_per_h=20)
 # a small world whose truth leans on category taste (which the features see), so that a tiny
 # training run has something learnable
 WORLD = WorldConfig().with_(catalog={"n_items": 300, "seed": 3}, users={"n_users": 400},
@@ -47,7 +48,7 @@ WORLD = WorldConfig().with_(catalog={"n_items": 300, "seed": 3}, users={"n_users
 def sim():
     torch.set_num_threads(1)
     log: list[tuple[int, str, bytes]] = []
-    data = RD.simulate(SIM, world=WORLD, keep_log=log)
+    data = TS.simulate(SIM, world=WORLD, keep_log=log)
     return data, log
 
 
@@ -93,7 +94,7 @@ def test_feature_hashing_is_stable_and_matches_the_spec_order():
 def test_simulated_rows_use_point_in_time_state(sim):
     """Features of a request equal those assembled from a fresh builder fed only the records
     logged BEFORE that request; the state at the end of the log differs (so the check bites)."""
-    from online.scorer import category_affinity
+    from online.candidates import category_affinity
 
     data, log = sim
     rates = data.rates()
@@ -188,7 +189,7 @@ def test_train_calibrate_export_and_serve(sim, tmp_path):
     data, _ = sim
     tr, va, te = RD.time_split(data.times, 0.2, 0.2)
     train, valid, test = data.take(tr), data.take(va), data.take(te)
-    tcfg = TrainConfig(epochs=3, batch_size=256, lr=3e-3)
+    tcfg = RankerTrainConfig(epochs=3, batch_size=256, lr=3e-3)
     model = make_model("mmoe", train, seed=0)
     res = fit(model, train, valid, tcfg, torch.device("cpu"), log=print)
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"] * 1.05
@@ -234,6 +235,7 @@ def test_cli_wiring_and_pipeline_into_the_registry(sim, tmp_path):
     from models.registry import ModelRegistry
     from models.train_ranker import run
     from recsys.cli import train as cli
+    from recsys.cli.ranker_options import ranking_data_loader
 
     p = argparse.ArgumentParser()
     cli.add_arguments(p)  # the real `recsys train` parser, ranker options included (no clash)
@@ -245,7 +247,8 @@ def test_cli_wiring_and_pipeline_into_the_registry(sim, tmp_path):
                          "--promote"])
     assert cli.TRAINERS[args.model] is cli.TRAINERS["mmoe"]  # rankers route to the ranker trainer
     args.model = "all"
-    report = run(Settings(state_dir=str(tmp_path)), args, log=lambda _m: None)
+    settings = Settings(state_dir=str(tmp_path))
+    report = run(settings, args, ranking_data_loader(settings, args), log=lambda _m: None)
     assert set(report["models"]) == {"deepfm", "deepfm_click", "mmoe"}
     assert {"deepfm_purchase_auc", "mmoe_purchase_auc", "max_calibrated_ece"} <= set(report["comparison"])
     reg = ModelRegistry(tmp_path / "reg")
@@ -259,7 +262,7 @@ def test_cli_wiring_and_pipeline_into_the_registry(sim, tmp_path):
 
 def test_training_examples_from_the_kafka_topic(settings):
     """The trainer reads the label join's topic from the embedded broker (real Kafka protocol)."""
-    from recsys import kafka
+    from core import kafka
 
     p = kafka.producer(settings)
     feats = {"item_id": "a", "category": "c1", "u_cat_pref": 0.25}

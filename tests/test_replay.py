@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from core import kafka
+from core.settings import Settings
 from proto import events_pb2
-from recsys import kafka
-from recsys.settings import Settings
 from sim.produce import produce
 from sim.replay import ReplayError, open_dataset, replay
+from tests.conftest import DATA, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
 TIMED = DATA / "retailrocket_views" / "test_sessions_item_ts.jsonl.gz"
 UNTIMED = DATA / "yoochoose_1_64" / "train_sessions.txt.gz"
 needs_data = pytest.mark.skipif(not TIMED.is_file() or not UNTIMED.is_file(),

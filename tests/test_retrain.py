@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 
+from core import kafka
+from features.ranking_features import assemble
 from models.registry import ModelRegistry, default_root
-from online.features import assemble
 from proto import codecs, events_pb2
-from recsys import kafka
 from recsys.cli.retrain import round_once
 
 

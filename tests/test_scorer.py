@@ -10,13 +10,13 @@ from bytewax.testing import run_main
 from confluent_kafka import Consumer
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from core import kafka
+from features.events import make_event
 from online.server import build_server
 from online.store import RedisStore
 from proto import events_pb2, recommend_pb2, recommend_pb2_grpc
 from proto.keys import Keys
-from recsys import kafka
 from recsys.embedded.redis_server import free_port
-from streams.events import make_event
 from streams.features_flow import build_flow
 
 NOW = int(time.time() * 1000)

@@ -13,16 +13,17 @@ import grpc
 import numpy as np
 import pytest
 
+from features.events import make_event
+from features.offline_builder import OfflineBuilder
+from features.writes import Write
 from models.registry import ModelRegistry, default_root
+from online.candidates import Ranked
 from online.ranking import HeuristicRanker, ModelHolder
 from online.rerank import Exploration, explore
-from online.scorer import Ranked
 from online.server import build_server
 from online.servicer import assign_arm
 from proto import events_pb2, recommend_pb2, recommend_pb2_grpc
-from streams.events import make_event
-from streams.offline import OfflineBuilder
-from streams.redis_sink import Write, apply_writes
+from streams.redis_sink import apply_writes
 
 NOW = int(time.time() * 1000)
 
@@ -148,6 +149,67 @@ def test_cache_hit_until_the_session_changes(world, redis_client):
         _load_state(world, redis_client, [_view(999, "u1", "h1", NOW)])  # session moves on
         stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=5), timeout=5)
         assert calls, "a changed session must bypass the cache"
+    finally:
+        srv.stop(0)
+
+
+
+def test_the_cache_answers_only_the_request_it_was_built_for(world):
+    """A cached ``home`` list must not answer a ``pdp`` request, another context, or a request
+    that excludes one of its items; the same request again is a hit."""
+    srv = build_server(world.replace(explore_epsilon=0.0), port=0, log_impressions=False)
+    try:
+        stub = _stub(srv)
+        home = recommend_pb2.RecommendRequest(user_id="u1", k=5, surface="home")
+        first = stub.Recommend(home, timeout=5)
+        calls: list[list[str]] = []
+        real_items = srv.servicer.store.item_columns
+        srv.servicer.store.item_columns = (  # type: ignore[method-assign]
+            lambda ids: calls.append(ids) or real_items(ids))
+
+        def recomputed(req: recommend_pb2.RecommendRequest) -> tuple[bool, list[str]]:
+            calls.clear()
+            resp = stub.Recommend(req, timeout=5)
+            return bool(calls), [i.item_id for i in resp.items]
+
+        assert recomputed(home) == (False, [i.item_id for i in first.items])  # same request: a hit
+        assert recomputed(recommend_pb2.RecommendRequest(user_id="u1", k=5, surface="pdp"))[0]
+        ios = recommend_pb2.RecommendRequest(user_id="u1", k=5, surface="home",
+                                             context=events_pb2.Context(device="ios"))
+        assert recomputed(ios)[0]
+        banned = first.items[0].item_id
+        again, items = recomputed(recommend_pb2.RecommendRequest(user_id="u1", k=5, surface="home",
+                                                                 exclude_item_ids=[banned]))
+        assert again and banned not in items
+    finally:
+        srv.stop(0)
+
+
+
+def test_a_late_stage_answers_degraded_within_the_production_deadline(world):
+    """The production deadline (the default setting) with a stage made late on purpose: the
+    fallback answers within the call, ``degraded=true`` with the late stage named."""
+    from core.settings import Settings
+
+    production_ms = Settings().request_deadline_ms
+    srv = build_server(world.replace(explore_epsilon=0.0, request_deadline_ms=production_ms,
+                                     cache_ttl_s=0), port=0, log_impressions=False)
+    try:
+        srv.refresher.refresh_once()
+        real_items = srv.servicer.store.item_columns
+        late = threading.Event()  # late only for the call below
+
+        def slow_items(ids):
+            if late.is_set():
+                time.sleep(production_ms / 1000 * 1.5)
+            return real_items(ids)
+
+        srv.servicer.store.item_columns = slow_items  # type: ignore[method-assign]
+        stub = _stub(srv)
+        late.set()
+        resp = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=5), timeout=10)
+        assert resp.degraded and "features" in resp.degraded_reason, resp.degraded_reason
+        assert len(resp.items) == 5  # the fallback list filled it
     finally:
         srv.stop(0)
 

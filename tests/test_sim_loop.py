@@ -9,11 +9,11 @@ import time
 
 import redis
 
+from core import kafka
 from online.server import build_server
 from proto import events_pb2
 from proto.keys import Keys
-from recsys import kafka
-from sim.config import SimConfig
+from sim.config import WorldConfig
 from sim.simulator import Simulator
 from tests.conftest import ROOT, settings_env
 
@@ -37,7 +37,7 @@ def _consume(settings, topic: str, expect: int, timeout_s: float = 20.0) -> list
 
 def test_closed_loop_against_live_scorer_and_dataflow(settings):
     s = settings.replace(ab_arms="model,popular")
-    cfg = SimConfig().with_(catalog={"n_items": 200, "n_categories": 10, "seed": 5},
+    cfg = WorldConfig().with_(catalog={"n_items": 200, "n_categories": 10, "seed": 5},
                             users={"n_users": 300},
                             run={"speed": 120.0, "warmup_s": 2.0, "oracle_share": 0.2},
                             dynamics={"new_items_per_h": 60.0})

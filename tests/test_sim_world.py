@@ -17,13 +17,13 @@ import pytest
 
 from proto import events_pb2
 from sim.clock import SimClock, VirtualClock, plan_start, skew_horizon_s
-from sim.config import SimConfig, SimConfigError, load_config
+from sim.config import WorldConfig, WorldConfigError, load_config
 from sim.shop import Served, Shop, in_oracle
 from sim.stats import ArmStats, cluster_se, compare, wilson
 from sim.world import HOUR_MS, User, World
 
 T0 = 1_700_000_000_000
-SMALL = SimConfig().with_(catalog={"n_items": 300, "n_categories": 10, "seed": 11},
+SMALL = WorldConfig().with_(catalog={"n_items": 300, "n_categories": 10, "seed": 11},
                           users={"n_users": 400}, run={"warmup_s": 0.0})
 
 
@@ -64,7 +64,7 @@ def shuffled_best_recommender(world: World):
     return rec
 
 
-def run_shop(cfg: SimConfig, hours: float, rate: float = 20.0, speed: float = 60.0, rec=None
+def run_shop(cfg: WorldConfig, hours: float, rate: float = 20.0, speed: float = 60.0, rec=None
              ) -> tuple[Shop, ListSink]:
     world = World(config=cfg)
     sink = ListSink()
@@ -83,7 +83,7 @@ def test_world_is_seeded_and_reproducible():
     assert [i.price for i in a.items] != [i.price for i in c.items]
     u = a.users[0]
     assert np.allclose(a.p_click_all(u), b.p_click_all(b.users[0]))
-    # the legacy signature (models/ranking_data.py) still builds the same shop
+    # the legacy signature (models/ranking_dataset.py) still builds the same shop
     legacy = World(seed=11, n_users=400, n_items=300, n_categories=10)
     assert [i.price for i in legacy.items] == [i.price for i in a.items]
 
@@ -246,7 +246,7 @@ def test_config_file_and_errors(tmp_path):
                            ("[users]\nbot_share = 2\n", "must be in [0, 1]"),
                            ("[catalog]\nn_items = 1.5\n", "expected an integer")):
         p.write_text(text)
-        with pytest.raises(SimConfigError, match=fragment.replace("[", r"\[")):
+        with pytest.raises(WorldConfigError, match=fragment.replace("[", r"\[")):
             load_config(None, p)
 
 

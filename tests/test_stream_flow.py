@@ -8,12 +8,12 @@ import msgpack
 from bytewax.testing import run_main
 from confluent_kafka import Consumer
 
+from core import kafka
+from features import decay as FD
+from features.events import make_event
 from proto import codecs, events_pb2
 from proto.keys import Keys
-from recsys import kafka
-from streams import features as F
-from streams import metrics
-from streams.events import make_event
+from streams import flow_metrics as metrics
 from streams.features_flow import build_flow
 
 NOW = int(time.time() * 1000)
@@ -68,7 +68,7 @@ def test_sessions_item_counts_covisit_and_dead_letters(settings, redis_client):
     assert s1["counts"] == {"view": 3}  # the duplicate was ignored
     a = codecs.decode(redis_client.get(keys.item_features("a")))
     assert a is not None and a["n"] == 2
-    assert F.decayed_value(a["views"], NOW, settings.popularity_half_life_s) > 1.99
+    assert FD.decayed_value(a["views"], NOW, settings.popularity_half_life_s) > 1.99
     pop = redis_client.zrevrange(keys.popular(), 0, -1)
     assert set(pop) == {b"a", b"b", b"c"}
     # b was co-viewed next to a (twice) and c (once): a ranks above c

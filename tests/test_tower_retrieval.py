@@ -14,14 +14,14 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
+from features.embedding_store import EmbeddingStore
 from models.registry import ModelRegistry, default_root
 from models.two_tower import TwoTower, TwoTowerConfig
-from online.ann.store import EmbeddingStore
 from online.retrieval import Query
 from online.server import build_server
 from online.tower import Tower
 from proto import recommend_pb2
-from streams.embeddings import tower_keys
+from proto.keys import tower_keys
 from tests.test_serving import NOW, _catalog, _load_state, _stub, _view
 
 SHOES = [f"s{j}" for j in range(8)]

@@ -21,7 +21,7 @@ from models.session_data import (
     time_split,
 )
 from models.train_two_tower import (
-    TrainConfig,
+    TowerTrainConfig,
     popularity_ranks,
     rank_labels,
     summarize,
@@ -108,7 +108,7 @@ def test_missing_or_bad_dataset_is_a_clear_error(tmp_path: Path) -> None:
 def test_two_tower_learns_well_above_popularity(tmp_path: Path) -> None:
     torch.set_num_threads(2)
     ds = load_dataset(write_dataset(tmp_path / "syn", n_train=1500, n_test=300, seed=1))
-    cfg = TrainConfig(epochs=6, batch_size=128, dim=32, max_len=8, n_uniform=256, lr=3e-3,
+    cfg = TowerTrainConfig(epochs=6, batch_size=128, dim=32, max_len=8, n_uniform=256, lr=3e-3,
                       lr_decay=0.9, val_fraction=0.1, patience=3, seed=0, log_every_s=1e9)
     res = train(ds, cfg, torch.device("cpu"), log=lambda _m: None)
     test_prefix = pad_prefixes(ds.test_prefixes, cfg.max_len)

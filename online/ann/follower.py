@@ -5,7 +5,7 @@ snapshot's sequence, or, when there is no usable snapshot or the log was trimmed
 builds the index from the keys in Redis (the log position is taken *before* the scan, so
 writes racing the scan are replayed; replay is idempotent). A background thread then
 follows the log with ``XREAD BLOCK`` and applies adds, replacements and deletes. Writers
-use ``EmbeddingStore`` (``online.ann.store``, re-exported here).
+use ``EmbeddingStore`` (``features.embedding_store``, re-exported here).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import numpy.typing as npt
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from online.ann.index import META_FILE, AnnIndex, AnnIndexError
-from online.ann.store import (
+from core.redis_client import redis_client
+from core.settings import Settings
+from features.embedding_store import (
     OP_DELETE,
     ZERO_ID,
     Change,
@@ -35,9 +36,9 @@ from online.ann.store import (
     parse_id,
     usable,
 )
+from online.ann.index import META_FILE, AnnIndex, AnnIndexError
 from proto import codecs
 from proto.keys import Keys
-from recsys.settings import Settings, resolve_redis_url
 
 __all__ = ["EmbeddingStore", "IndexFollower", "StoredVector", "decode_vector", "encode_vector",
            "parse_id"]
@@ -133,10 +134,7 @@ class IndexFollower:
     def from_settings(cls, settings: Settings, dim: int, **kw: Any) -> IndexFollower:
         """A follower with its own Redis connection (socket timeout above the XREAD block)."""
         block_ms = int(kw.get("block_ms", 500))
-        client = redis.Redis.from_url(
-            resolve_redis_url(settings), password=settings.redis_password.get() or None,
-            socket_timeout=block_ms / 1000 + 5.0,
-        )
+        client = redis_client(settings, timeout_s=block_ms / 1000 + 5.0)
         return cls(client, Keys(prefix=settings.redis_prefix), dim, **kw)
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from core.settings import Settings
 from recsys.embedded.broker import run_broker
-from recsys.settings import Settings
 
-NAME = "broker"
 HELP = "embedded Kafka-protocol broker on localhost (in-memory)"
 
 

@@ -10,12 +10,15 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.settings import Settings
+from core.terminal import LiveStatus, interactive, isatty
 from recsys import supervisor as sv
-from recsys.settings import Settings
 
-NAME = "lag"
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
 HELP = "live stream lag / freshness / throughput view (or --once --json)"
 
 
@@ -66,19 +69,48 @@ def render(snaps: dict[int, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def table(snaps: dict[int, dict[str, Any]]) -> RenderableType:
+    """The live view (rich): one row per dataflow, then its partitions' lag."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+
+    title = f"recsys lag  {time.strftime('%H:%M:%S')}   (Ctrl-C to quit)"
+    top = Table(box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left",
+                title_style="bold")
+    for col in ("port", "total lag", "fresh p50 ms", "fresh p99 ms", "in/s", "writes/s", "DLQ/s"):
+        top.add_column(col, justify="left" if col == "port" else "right", no_wrap=True)
+    parts = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for col in ("port", "topic/partition", "lag", ""):
+        parts.add_column(col, justify="right" if col == "lag" else "left", no_wrap=True)
+    for port, s in snaps.items():
+        if not s["up"]:
+            top.add_row(f":{port}", "not reachable", *[""] * 5)
+            continue
+        top.add_row(f":{port}", str(s["total_lag"]), str(s["freshness_p50_ms"]),
+                    str(s["freshness_p99_ms"]), str(s["events_in_per_s"]),
+                    str(s["state_writes_per_s"]), str(s["dead_letters_per_s"]))
+        for part, lag in sorted(s["lag"].items()):
+            parts.add_row(f":{port}", part, str(lag), "#" * min(40, lag // 10 + (1 if lag else 0)))
+    return Group(top, parts) if parts.row_count else top
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     ports = args.port or [settings.stream_metrics_port, settings.labels_metrics_port]
     before = {p: sv.scrape(p) for p in ports}
-    while True:
-        time.sleep(args.interval)
-        now = {p: sv.scrape(p) for p in ports}
-        snaps = {p: snapshot(before[p], now[p], args.interval) for p in ports}
-        before = now
-        if args.once:
-            if args.json:
-                print(json.dumps({str(p): s for p, s in snaps.items()}, indent=2))
-            else:
-                print(render(snaps))
-            return 0 if any(s["up"] for s in snaps.values()) else 1
-        sys.stdout.write("\x1b[H\x1b[2J" + render(snaps) + "\n")
-        sys.stdout.flush()
+    # redraws in place on a terminal (stdout too: a redirected stdout gets the snapshots);
+    # else one plain snapshot per interval on stdout
+    live = not args.once and interactive() and isatty(sys.stdout)
+    with LiveStatus(enabled=live, file=sys.stdout) as view:
+        while True:
+            time.sleep(args.interval)
+            now = {p: sv.scrape(p) for p in ports}
+            snaps = {p: snapshot(before[p], now[p], args.interval) for p in ports}
+            before = now
+            if args.once:
+                if args.json:
+                    print(json.dumps({str(p): s for p, s in snaps.items()}, indent=2))
+                else:
+                    print(render(snaps))
+                return 0 if any(s["up"] for s in snaps.values()) else 1
+            view.show(table(snaps) if live else "", render(snaps) + "\n")

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from recsys.settings import Settings
+from core.settings import Settings
+from core.terminal import LiveStatus
 from sim.loadtest import (
     BALANCES,
     LoadResult,
@@ -31,7 +33,6 @@ from sim.loadtest import (
     run_open_loop,
 )
 
-NAME = "loadtest"
 HELP = "open-loop gRPC load test (Recommend or the Echo baseline), JSON report + PNG plot"
 
 
@@ -70,23 +71,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-second progress line")
 
 
-def _progress(quiet: bool, duration: float) -> object:
-    if quiet:
-        return None
-    tty = sys.stderr.isatty()
+def _progress(live: LiveStatus, duration: float) -> Callable[[int, LoadResult], None]:
+    """The per-second status: a live table on a terminal, else one line per second."""
 
     def show(sec: int, res: LoadResult) -> None:
         done = res.ok + res.errors
         line = (f"[loadtest {res.target_rps:g} rps] {sec}/{duration:g}s sent {res.sent} "
                 f"done {done} errors {res.errors} in-flight {res.sent - done}")
-        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
-              flush=True)
+        live.update({"elapsed": f"{sec}/{duration:g}s", "sent": res.sent, "done": done,
+                     "errors": res.errors, "in-flight": res.sent - done}, line=line)
 
     return show
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from online.echo import EchoProcess  # the server side, only when we start one
+    from recsys.bench.echo import EchoProcess  # the server side, only when we start one
 
     if args.plot is not None:  # fail before the run, not after it
         try:
@@ -119,14 +118,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 make_request = recommend_requests(users, k, settings.surfaces, seed,
                                                   args.user_prefix)
             for rps in args.rps:
-                res = run_open_loop(
-                    args.target, address, rps, args.duration, make_request,
-                    timeout_s=args.timeout_ms / 1000.0, channels=args.channels,
-                    progress=_progress(args.quiet, args.duration), balance=args.balance,
-                    processes=args.processes,
-                )
-                if not args.quiet and sys.stderr.isatty():
-                    print(file=sys.stderr)
+                with LiveStatus(f"recsys loadtest {args.target} {rps:g} rps",
+                                enabled=False if args.quiet else None) as live:
+                    res = run_open_loop(
+                        args.target, address, rps, args.duration, make_request,
+                        timeout_s=args.timeout_ms / 1000.0, channels=args.channels,
+                        progress=None if args.quiet else _progress(live, args.duration),
+                        balance=args.balance, processes=args.processes,
+                    )
                 print(res.summary(), flush=True)
                 results.append(res)
         except (LoadTestError, RuntimeError, OSError) as exc:

@@ -17,11 +17,11 @@ import sys
 import threading
 from pathlib import Path
 
-from recsys.reports import write_json
-from recsys.settings import Settings
+from core.reports import write_json
+from core.settings import Settings
+from core.terminal import LiveStatus
 from sim.produce import ProduceError, ProduceStats, produce
 
-NAME = "produce"
 HELP = "synthetic clickstream events to Kafka at a target rate"
 
 
@@ -39,7 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    tty = sys.stderr.isatty()
     last = [0, 0.0]
 
     def status(stats: ProduceStats, t: float) -> None:
@@ -47,22 +46,22 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         last[0], last[1] = stats.produced, t
         line = (f"[produce] {t:6.0f}s  {stats.produced} events  {inst:8.1f} ev/s "
                 f"(target {args.rate:g})  delivered {stats.delivered}  failed {stats.failed}")
-        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
-              flush=True)
+        live.update({"elapsed": f"{t:.0f}s", "events": stats.produced, "ev/s": f"{inst:.1f}",
+                     "target": f"{args.rate:g}", "delivered": stats.delivered,
+                     "failed": stats.failed}, line=line)
 
     try:
-        stats = produce(
-            settings, args.rate, duration_s=args.duration, count=args.count,
-            users=args.users, items=args.items, seed=args.seed,
-            status=None if args.quiet else status, should_stop=stop.is_set,
-        )
+        with LiveStatus("recsys produce", enabled=False if args.quiet else None) as live:
+            stats = produce(
+                settings, args.rate, duration_s=args.duration, count=args.count,
+                users=args.users, items=args.items, seed=args.seed,
+                status=None if args.quiet else status, should_stop=stop.is_set,
+            )
     except ProduceError as exc:
         print(f"recsys produce: {exc}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGINT, previous)
-    if tty and not args.quiet:
-        print(file=sys.stderr)
     rep = stats.report()
     print(f"[produce] {rep['produced']} events to {settings.topic('clickstream')} in "
           f"{rep['elapsed_s']:.2f}s: {rep['rate']:.1f} ev/s (target {args.rate:g}, "

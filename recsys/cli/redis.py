@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from pathlib import Path
 
+from core.settings import Settings
+from core.signals import stop_on_signals
 from recsys.embedded.redis_server import RedisServer
-from recsys.settings import Settings
 
-NAME = "redis"
 HELP = "embedded redis-server on a free localhost port"
 
 
@@ -27,9 +25,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         f"address published in {path}",
         flush=True,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     while not stop.wait(1.0):
         if server.proc.poll() is not None:
             print(f"redis-server exited with {server.proc.returncode}", flush=True)

@@ -22,11 +22,11 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from recsys.reports import write_json
-from recsys.settings import Settings
+from core.reports import write_json
+from core.settings import Settings
+from core.terminal import interactive, progress
 from sim.replay import DEFAULT_GAP_S, ReplayError, ReplayStats, replay
 
-NAME = "replay"
 HELP = "replay a real session dataset as timed clickstream events"
 
 
@@ -51,29 +51,35 @@ def _utc(ms: int) -> str:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    tty = sys.stderr.isatty()
+    bar_shown = not args.quiet and interactive()  # else a plain line per second (or none)
 
-    def status(st: ReplayStats, t: float) -> None:
-        pct = 100.0 * st.produced / st.total if st.total else 100.0
-        line = (f"[replay] {t:6.0f}s  {st.produced}/{st.total} events ({pct:5.1f}%)  "
-                f"{len(st.sessions)} sessions  {st.produced / max(t, 1e-9):8.1f} ev/s  "
+    def info(st: ReplayStats, t: float) -> str:
+        return (f"{len(st.sessions)} sessions  {st.produced / max(t, 1e-9):.1f} ev/s  "
                 f"dataset time {_utc(st.last_ts_ms)}")
-        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
-              flush=True)
 
     try:
-        stats = replay(
-            settings, args.dataset, speed=args.speed, limit=args.limit, gap_s=args.gap_s,
-            user_prefix=args.user_prefix, tag=args.tag,
-            status=None if args.quiet else status, should_stop=stop.is_set,
-        )
+        with progress("[replay] events sent", enabled=bar_shown) as bar:
+
+            def status(st: ReplayStats, t: float) -> None:  # once a second
+                if bar_shown:
+                    bar.update(st.produced, total=st.total, info=info(st, t))
+                    return
+                pct = 100.0 * st.produced / st.total if st.total else 100.0
+                print(f"[replay] {t:6.0f}s  {st.produced}/{st.total} events ({pct:5.1f}%)  "
+                      f"{len(st.sessions)} sessions  {st.produced / max(t, 1e-9):8.1f} ev/s  "
+                      f"dataset time {_utc(st.last_ts_ms)}", file=sys.stderr, flush=True)
+
+            stats = replay(
+                settings, args.dataset, speed=args.speed, limit=args.limit, gap_s=args.gap_s,
+                user_prefix=args.user_prefix, tag=args.tag,
+                status=None if args.quiet else status, should_stop=stop.is_set,
+            )
+            bar.update(stats.produced, total=stats.total, info=info(stats, stats.elapsed_s))
     except ReplayError as exc:
         print(f"recsys replay: {exc}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGINT, previous)
-    if tty and not args.quiet:
-        print(file=sys.stderr)
     rep = stats.report()
     print(f"[replay] {rep['dataset']}: {rep['events']} events from {rep['sessions']} sessions "
           f"to {settings.topic('clickstream')} in {rep['elapsed_s']:.2f}s ({rep['rate']:.1f} "

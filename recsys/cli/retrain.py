@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
-from recsys.settings import Settings
+from core.settings import Settings
+from core.signals import stop_on_signals
 
-NAME = "retrain"
 HELP = "retrain the ranker from training examples; promote only if it beats the current one"
 
 
@@ -33,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def mean_auc(labels: Any, probs: Any) -> float:
     """Mean AUC over the heads whose labels have both classes in the slice (NaN if none)."""
-    from models import metrics
+    from models import offline_metrics as metrics
 
     aucs = [metrics.auc(labels[:, c], probs[:, c]) for c in range(labels.shape[1])
             if 0 < labels[:, c].sum() < len(labels) and not math.isnan(float(probs[0, c]))]
@@ -42,7 +40,7 @@ def mean_auc(labels: Any, probs: Any) -> float:
 
 def heuristic_predictions(dense: Any) -> Any:
     """The heuristic ranker's probabilities from logged dense features (DENSE column order)."""
-    from online.features import DENSE
+    from features.ranking_features import DENSE
     from online.ranking import HeuristicRanker
 
     rows = [dict(zip(DENSE, map(float, row), strict=True)) for row in dense]
@@ -51,11 +49,11 @@ def heuristic_predictions(dense: Any) -> Any:
 
 def round_once(settings: Settings, epochs: int, min_examples: int) -> dict[str, Any]:
     from models.ranker_runtime import load_ranker
-    from models.ranking_data import time_split
+    from models.ranking_dataset import time_split
     from models.registry import ModelRegistry, default_root
     from models.train_ranker import run
-    from models.train_ranker_cli import add_ranker_arguments
     from models.training_examples import consume_training_examples, load_training_examples
+    from recsys.cli.ranker_options import add_ranker_arguments
 
     records = consume_training_examples(settings)
     if len(records) < min_examples:
@@ -72,7 +70,8 @@ def round_once(settings: Settings, epochs: int, min_examples: int) -> dict[str, 
         args = parser.parse_args(["--model", "mmoe", "--dataset", "kafka", "--out", str(root),
                                   "--epochs", str(epochs), "--threads", "1",
                                   "--artifacts", tmp, "--report", f"{tmp}/r.json"])
-        run(settings, args, log=lambda m: print(f"[retrain] {m}", file=sys.stderr, flush=True))
+        run(settings, args, lambda _log: data,
+            log=lambda m: print(f"[retrain] {m}", file=sys.stderr, flush=True))
     new_version = reg.versions(settings.ranker_model)[-1]
     new = load_ranker(reg.path(settings.ranker_model, new_version), threads=1)
     new_auc = mean_auc(test.labels, new.predict_arrays(test.sparse, test.dense))
@@ -92,9 +91,7 @@ def round_once(settings: Settings, epochs: int, min_examples: int) -> dict[str, 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     every = settings.retrain_interval_s if args.every is None else args.every
     min_examples = settings.retrain_min_examples if args.min_examples is None else args.min_examples
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     while True:
         t0 = time.monotonic()
         try:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.huge_pages import reexec_with_huge_pages
+from core.settings import Settings
 from online.server import serve
-from recsys.huge_pages import reexec_with_huge_pages
-from recsys.settings import Settings
 
-NAME = "serve"
 HELP = "run the gRPC scorer"
 
 
@@ -21,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.serve_huge_pages:  # once, before anything large is allocated (recsys.huge_pages)
+    if settings.serve_huge_pages:  # once, before anything large is allocated (core.huge_pages)
         reexec_with_huge_pages("recsys.cli.main", sys.argv[1:])
     if args.port is not None:
         settings = settings.replace(grpc_port=args.port)

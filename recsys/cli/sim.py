@@ -10,20 +10,20 @@ simulator's own ``oracle`` arm, after ``--warmup-s`` wall seconds, with 95% CIs.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from recsys.metrics_endpoint import start_metrics
-from recsys.reports import write_json
-from recsys.settings import Settings
-from sim.config import SimConfigError, load_config
+from core.metrics_endpoint import start_metrics
+from core.reports import write_json
+from core.settings import Settings
+from core.signals import stop_on_signals
+from core.terminal import LiveStatus
+from sim.config import WorldConfigError, load_config
 from sim.simulator import Simulator
 
-NAME = "sim"
 HELP = "closed-loop shopper simulator (the demo and load driver)"
 
 
@@ -68,7 +68,7 @@ def summary(report: dict[str, Any]) -> str:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         cfg = _config(settings, args)
-    except SimConfigError as exc:
+    except WorldConfigError as exc:
         print(f"recsys sim: {exc}", file=sys.stderr)
         return 2
     if args.print_world:
@@ -85,9 +85,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
           f"to {settings.topic('catalog')}; {rate:g} sessions/s at {cfg.run.speed:g}x against {address}; "
           f"arms {','.join(settings.ab_arms)} + oracle ({cfg.run.oracle_share:.0%} of users); "
           f"warm-up {cfg.run.warmup_s:g}s", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -100,25 +98,29 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     worker.start()
     last_events, last_t = 0, t0
-    while worker.is_alive():
-        worker.join(1.0)
-        if args.quiet:
-            continue
-        rep = sim.report()
-        now = time.monotonic()
-        eps = (rep["events"] - last_events) / max(now - last_t, 1e-6)
-        last_events, last_t = rep["events"], now
-        sys.stdout.write(
-            f"\r[sim {now - t0:6.0f}s | {rep['sim_hours']:6.2f} sim h] events {rep['events']:>8} "
-            f"({eps:6.0f}/s)  recs {rep['requests']:>6}  p99 {rep['rpc_p99_ms']:6.1f} ms  "
-            f"errors {rep['rpc_errors']}  CTR {rep['ctr']:.3f}  "
-            f"pending buys {rep.get('purchases_pending', 0)} ")
-        sys.stdout.flush()
+    with LiveStatus("recsys sim  (Ctrl-C stops)", enabled=False if args.quiet else None) as live:
+        while worker.is_alive():
+            worker.join(1.0)
+            if args.quiet:
+                continue
+            rep = sim.report()
+            now = time.monotonic()
+            eps = (rep["events"] - last_events) / max(now - last_t, 1e-6)
+            last_events, last_t = rep["events"], now
+            live.update(
+                {"wall": f"{now - t0:.0f}s", "sim h": f"{rep['sim_hours']:.2f}", "events": rep["events"],
+                 "events/s": f"{eps:.0f}", "recs": rep["requests"], "p99 ms": f"{rep['rpc_p99_ms']:.1f}",
+                 "errors": rep["rpc_errors"], "CTR": f"{rep['ctr']:.3f}",
+                 "pending buys": rep.get("purchases_pending", 0)},
+                line=f"[sim {now - t0:6.0f}s | {rep['sim_hours']:6.2f} sim h] events {rep['events']:>8} "
+                f"({eps:6.0f}/s)  recs {rep['requests']:>6}  p99 {rep['rpc_p99_ms']:6.1f} ms  "
+                f"errors {rep['rpc_errors']}  CTR {rep['ctr']:.3f}  "
+                f"pending buys {rep.get('purchases_pending', 0)}")
     if errors:
-        print(f"\nrecsys sim: {errors[0]}", file=sys.stderr)
+        print(f"recsys sim: {errors[0]}", file=sys.stderr)
         return 1
     report = sim.report()
-    print(f"\nsimulator done: {summary(report)}", flush=True)
+    print(f"simulator done: {summary(report)}", flush=True)
     if args.report:
         write_json(args.report, report)
     return 0

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from recsys.settings import Settings
+from core.settings import Settings
 from streams.runner import FLOWS, run_stream
 
-NAME = "stream"
 HELP = "run a Bytewax dataflow (features, labels or embeddings)"
 
 

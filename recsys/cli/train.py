@@ -25,10 +25,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from core.settings import Settings
 from models.registry import ModelRegistry, RegistryError, default_root
-from recsys.settings import Settings
 
-NAME = "train"
 HELP = "train/evaluate a model into the registry; promote or roll back versions"
 
 
@@ -50,7 +49,7 @@ def _train_two_tower(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _train_ranker(settings: Settings, args: argparse.Namespace) -> int:
-    from models.train_ranker_cli import train_ranker_cli
+    from recsys.cli.ranker_options import train_ranker_cli
 
     if args.model == "rankers":
         args.model = "all"
@@ -80,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model registry root (default <state_dir>/models)")
     p.add_argument("--promote", action="store_true", help="make the new version current")
     add_train_arguments(p)
-    from models.train_ranker_cli import add_ranker_arguments
+    from recsys.cli.ranker_options import add_ranker_arguments
 
     add_ranker_arguments(p)
     acts = p.add_subparsers(dest="action", metavar="[ACTION]", required=False,

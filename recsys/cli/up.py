@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,12 +20,24 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from core.reports import write_json
+from core.settings import BROKER_FILE, REDIS_FILE, Settings
+from core.signals import stop_on_signals
+from core.terminal import LiveStatus
 from recsys import supervisor as sv
-from recsys.reports import write_json
-from recsys.settings import BROKER_FILE, REDIS_FILE, Settings
 
-NAME = "up"
 HELP = "run everything (embedded broker + redis, dataflow, scorer, simulator)"
+
+# The long-running processes `up` supervises (besides an embedded broker / redis): child name
+# -> its `recsys` argv. docker-compose.yml runs each as a service (tests/test_compose.py).
+ROLES: dict[str, tuple[str, ...]] = {
+    "stream": ("stream",),
+    "labels": ("stream", "--flow", "labels"),
+    "embeddings": ("stream", "--flow", "embeddings"),
+    "retrain": ("retrain",),
+    "serve": ("serve",),
+    "sim": ("sim",),
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,7 +88,7 @@ class Status:
         self.max_lag = 0.0
         self.t_prev = time.monotonic()
 
-    def poll(self) -> str:
+    def poll(self) -> dict[str, float]:
         ports = {"stream": self.s.stream_metrics_port, "serve": self.s.serve_metrics_port,
                  "sim": self.s.sim_metrics_port, "labels": self.s.labels_metrics_port}
         self.prev = self.cur
@@ -95,9 +105,21 @@ class Status:
                                     "recsys_serve_latency_seconds")
         shown = sv.total(self.cur["sim"], "recsys_sim_impressions_total")
         ctr = sv.total(self.cur["sim"], "recsys_sim_clicks_total") / shown if shown else 0.0
-        return (f"events/s {rate('sim', 'recsys_sim_events_total'):6.0f} | "
-                f"lag {lag:5.0f} | RPS {rate('serve', 'recsys_serve_requests_total'):5.1f} | "
-                f"p99 {(p99 or 0) * 1000:6.1f} ms | CTR {ctr:.3f}")
+        return {"events/s": rate("sim", "recsys_sim_events_total"), "lag": lag,
+                "RPS": rate("serve", "recsys_serve_requests_total"), "p99 ms": (p99 or 0) * 1000,
+                "CTR": ctr}
+
+    @staticmethod
+    def line(elapsed: float, m: dict[str, float]) -> str:
+        """One plain status line (no TTY: a line per update)."""
+        return (f"[up {elapsed:5.0f}s] events/s {m['events/s']:6.0f} | lag {m['lag']:5.0f} | "
+                f"RPS {m['RPS']:5.1f} | p99 {m['p99 ms']:6.1f} ms | CTR {m['CTR']:.3f}")
+
+    @staticmethod
+    def table(elapsed: float, m: dict[str, float]) -> dict[str, str]:
+        """The live table's cells."""
+        return {"up": f"{elapsed:.0f}s", "events/s": f"{m['events/s']:.0f}", "lag": f"{m['lag']:.0f}",
+                "RPS": f"{m['RPS']:.1f}", "p99 ms": f"{m['p99 ms']:.1f}", "CTR": f"{m['CTR']:.3f}"}
 
     def totals(self) -> dict[str, float]:
         served = sv.total(self.cur["serve"], "recsys_serve_requests_total")
@@ -148,9 +170,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if embedded_kafka:  # a fresh in-memory broker: old stream offsets would be meaningless
         shutil.rmtree(state / "recovery", ignore_errors=True)
     children: list[sv.Child] = []
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
 
     def start(name: str, *sub: str, restartable: bool = True) -> sv.Child:
         child = sv.Child(name, sv.recsys_argv(g, *sub), logs / f"{name}.log", restartable)
@@ -170,16 +190,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             r = start("redis", "redis", restartable=False)
             sv.wait_until(lambda: (state / REDIS_FILE).exists(), 30, "redis-server", r)
             print(f"[up] {r.tail(1)}", flush=True)
-        stream = start("stream", "stream")
-        start("labels", "stream", "--flow", "labels")
-        start("embeddings", "stream", "--flow", "embeddings")
+        stream = start("stream", *ROLES["stream"])
+        start("labels", *ROLES["labels"])
+        start("embeddings", *ROLES["embeddings"])
         if settings.retrain_interval_s > 0:
-            start("retrain", "retrain")
-        scorer = start("serve", "serve")
+            start("retrain", *ROLES["retrain"])
+        scorer = start("serve", *ROLES["serve"])
         sv.wait_until(lambda: _healthy(address), 60, f"the scorer on {address}", scorer)
         print(f"[up] scorer SERVING on {address}; dataflow running (logs in {logs})", flush=True)
         sim_s = max(args.duration - (time.monotonic() - t_start), 5.0) if args.duration else 0
-        sim_argv = ["sim", "--quiet", "--duration", f"{sim_s:.1f}",
+        sim_argv = [*ROLES["sim"], "--quiet", "--duration", f"{sim_s:.1f}",
                     "--report", str(state / "sim-report.json")]
         for flag, value in (("--rate", args.rate), ("--speed", args.speed),
                             ("--warmup-s", args.warmup_s), ("--world", args.world)):
@@ -187,21 +207,21 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 sim_argv += [flag, str(value)]
         sim = start("sim", *sim_argv)
         print("[up] simulator started; Ctrl-C stops everything", flush=True)
-        while not stop.wait(1.0):
-            sys.stdout.write(f"\r[up {time.monotonic() - t_start:5.0f}s] {status.poll()}   ")
-            sys.stdout.flush()
-            if sim.proc is not None and sim.proc.poll() == 0:
-                break  # the simulator finished its duration
-            for child in children:
-                if child.alive():
-                    continue
-                if not child.restartable or child.restarts >= child.max_restarts:
-                    raise RuntimeError(f"{child.name} died (exit {child.proc and child.proc.returncode}):"
-                                       f"\n{child.tail()}")
-                child.restarts += 1
-                print(f"\n[up] {child.name} exited; restarting ({child.restarts})", flush=True)
-                child.start()
-        print(flush=True)
+        with LiveStatus("recsys up  (Ctrl-C stops everything)") as live:
+            while not stop.wait(1.0):
+                elapsed, m = time.monotonic() - t_start, status.poll()
+                live.update(Status.table(elapsed, m), line=Status.line(elapsed, m))
+                if sim.proc is not None and sim.proc.poll() == 0:
+                    break  # the simulator finished its duration
+                for child in children:
+                    if child.alive():
+                        continue
+                    if not child.restartable or child.restarts >= child.max_restarts:
+                        raise RuntimeError(f"{child.name} died (exit {child.proc and child.proc.returncode}):"
+                                           f"\n{child.tail()}")
+                    child.restarts += 1
+                    print(f"[up] {child.name} exited; restarting ({child.restarts})", flush=True)
+                    child.start()
         sim.stop()
         for _ in range(20):  # let the dataflow drain what the simulator produced
             status.poll()
@@ -215,7 +235,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"[up] report written to {args.report}", flush=True)
         return 0
     except RuntimeError as exc:
-        print(f"\n[up] error: {exc}", file=sys.stderr, flush=True)
+        print(f"[up] error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         for child in reversed(children):

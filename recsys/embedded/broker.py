@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from core.settings import BROKER_FILE, Settings
+from core.signals import stop_on_signals
 from recsys.embedded.mock_cluster import MockCluster, MockClusterError
-from recsys.settings import BROKER_FILE, Settings
 
 BANNER = (
     "embedded Kafka-protocol broker (librdkafka mock cluster) on {bootstrap}: "
@@ -119,9 +119,7 @@ def run_broker(settings: Settings, num_brokers: int = 1) -> int:
         f"control API {broker.control_url}; address published in {broker.info_path}",
         flush=True,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     stop.wait()
     broker.close()
     print("embedded broker stopped (its in-memory data is gone)", flush=True)

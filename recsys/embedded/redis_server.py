@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from recsys.settings import REDIS_FILE, Settings
+from core.settings import REDIS_FILE, Settings
 
 
 class RedisServerError(RuntimeError):

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.settings import Settings
 from recsys.embedded.broker import EmbeddedBroker
 from recsys.embedded.redis_server import RedisServer
-from recsys.settings import Settings
 
 
 @contextmanager

@@ -1,0 +1,1 @@
+"""Ground floor above proto: settings, client factories, metrics endpoint, reports, signals."""

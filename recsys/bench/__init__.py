@@ -1,0 +1,1 @@
+"""Every benchmark and evaluation driver (``recsys bench KIND``), the echo baseline included."""
