@@ -48,6 +48,10 @@ def request_fingerprint(req: recommend_pb2.RecommendRequest, surface: str) -> st
         h.update(b"\x1f" + item.encode())
     return h.hexdigest()
 
+# an explained candidate: (item_id, retrieval sources, rank in the ranker's order)
+Explained = tuple[str, list[str], int]
+
+
 class DeadlineExceeded(Exception):
     pass
 
@@ -157,8 +161,9 @@ class RecommendServicer:
         request_id = request.request_id or uuid.uuid4().hex
         arm = assign_arm(request.user_id, self.s.ab_experiment, self.s.ab_arms)
         degraded, reason, version = False, "", "fallback"
+        explained: list[Explained] | None = [] if request.explain else None
         try:
-            ranked, version = self._recommend(request, k, arm, surface, t0, now_ms)
+            ranked, version = self._recommend(request, k, arm, surface, t0, now_ms, explained)
         except Exception as exc:  # noqa: BLE001 - any failure degrades, never errors
             degraded, reason = True, f"{type(exc).__name__}: {exc}"[:200]
             metrics.child(metrics.FALLBACKS, type(exc).__name__).inc()
@@ -172,6 +177,10 @@ class RecommendServicer:
                        propensity=r.propensity)
             probs = item.probs
             probs.p_click, probs.p_cart, probs.p_purchase = r.p_click, r.p_cart, r.p_purchase
+        if explained:
+            add_candidate = resp.candidates.add
+            for item_id, sources, rank in explained:
+                add_candidate(item_id=item_id, sources=sources, model_rank=rank)
         self._log_impression(request, resp, ranked, surface)
         metrics.LATENCY.observe(time.perf_counter() - t0)
         metrics.child(metrics.REQUESTS, arm, "degraded" if degraded else "ok").inc()
@@ -186,13 +195,16 @@ class RecommendServicer:
         return now
 
     def _recommend(self, req: recommend_pb2.RecommendRequest, k: int, arm: str, surface: str,
-                   t0: float, now_ms: int) -> tuple[list[S.Ranked], str]:
+                   t0: float, now_ms: int, explained: list[Explained] | None = None
+                   ) -> tuple[list[S.Ranked], str]:
+        """The served list and the model version; ``explained``, when given, receives every
+        retrieved candidate with its sources and its rank in the ranker's order."""
         t = time.perf_counter()
         state = self.store.user_state(req.user_id)
         t = self._check(t0, "user_state", t)
         ranker = self.ranker_for(arm)
         asked = request_fingerprint(req, surface)
-        cached = self._from_cache(state, k, arm, ranker.version, asked)
+        cached = None if explained is not None else self._from_cache(state, k, arm, ranker.version, asked)
         if cached is not None:
             return cached, ranker.version
         exclude = frozenset(req.exclude_item_ids) | state.purchased
@@ -210,7 +222,7 @@ class RecommendServicer:
         t = self._check(t0, "features", t)
         probs = ranker.predict(batch) if cands else None
         t = self._check(t0, "ranking", t)
-        out = self._rerank(cands, batch, items, probs, arm, k)
+        out = self._rerank(cands, batch, items, probs, arm, k, explained)
         self._check(t0, "rerank", t)
         if out:
             self._store_cache(req.user_id, state, out, arm, ranker.version, asked)
@@ -244,7 +256,8 @@ class RecommendServicer:
         return batch, items
 
     def _rerank(self, cands: S.Candidates, batch: FeatureBatch, items: ItemColumns,
-                probs: Any, arm: str, k: int) -> list[S.Ranked]:
+                probs: Any, arm: str, k: int, explained: list[Explained] | None = None
+                ) -> list[S.Ranked]:
         """Value, order (by arm), diversity caps, exploration. ``Ranked`` (with its feature dict)
         is built only for the items that may be served."""
         if probs is None:
@@ -260,6 +273,10 @@ class RecommendServicer:
         else:  # best value first; ties keep retrieval priority
             order = np.argsort(-values, kind="stable")
         order_l: list[int] = order.tolist()
+        if explained is not None:
+            rank = {j: r for r, j in enumerate(order_l)}  # the order covers every candidate
+            explained.extend((cands.item_ids[j], list(cands.sources_of(j)), rank[j])
+                             for j in range(len(cands)))
 
         def ranked(j: int) -> S.Ranked:
             p = probs[j]

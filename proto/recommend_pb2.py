@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto import events_pb2 as proto_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/recommend.proto\x12\trecsys.v1\x1a\x12proto/events.proto\"\x92\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsys.v1.Context\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\"H\n\x11HeadProbabilities\x12\x0f\n\x07p_click\x18\x01 \x01(\x01\x12\x0e\n\x06p_cart\x18\x02 \x01(\x01\x12\x12\n\np_purchase\x18\x03 \x01(\x01\"\x90\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12+\n\x05probs\x18\x03 \x01(\x0b\x32\x1c.recsys.v1.HeadProbabilities\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x10\n\x08position\x18\x05 \x01(\x05\x12\x12\n\npropensity\x18\x06 \x01(\x01\"\xd9\x01\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x0b\n\x03\x61rm\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x07 \x01(\t\x12\x14\n\x0cserved_at_ms\x18\x08 \x01(\x03\x12\x11\n\tserved_by\x18\t \x01(\t\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1c\n\tEchoReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32Z\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse2C\n\x0b\x45\x63hoService\x12\x34\n\x04\x45\x63ho\x12\x16.recsys.v1.EchoRequest\x1a\x14.recsys.v1.EchoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/recommend.proto\x12\trecsys.v1\x1a\x12proto/events.proto\"\xa3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12#\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x12.recsys.v1.Context\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\"A\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0f\n\x07sources\x18\x02 \x03(\t\x12\x12\n\nmodel_rank\x18\x03 \x01(\x05\"H\n\x11HeadProbabilities\x12\x0f\n\x07p_click\x18\x01 \x01(\x01\x12\x0e\n\x06p_cart\x18\x02 \x01(\x01\x12\x12\n\np_purchase\x18\x03 \x01(\x01\"\x90\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12+\n\x05probs\x18\x03 \x01(\x0b\x32\x1c.recsys.v1.HeadProbabilities\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x10\n\x08position\x18\x05 \x01(\x05\x12\x12\n\npropensity\x18\x06 \x01(\x01\"\x83\x02\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x05items\x18\x02 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x0b\n\x03\x61rm\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x07 \x01(\t\x12\x14\n\x0cserved_at_ms\x18\x08 \x01(\x03\x12\x11\n\tserved_by\x18\t \x01(\t\x12(\n\ncandidates\x18\n \x03(\x0b\x32\x14.recsys.v1.Candidate\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1c\n\tEchoReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32Z\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse2C\n\x0b\x45\x63hoService\x12\x34\n\x04\x45\x63ho\x12\x16.recsys.v1.EchoRequest\x1a\x14.recsys.v1.EchoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.recommend_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST']._serialized_start=57
-  _globals['_RECOMMENDREQUEST']._serialized_end=203
-  _globals['_HEADPROBABILITIES']._serialized_start=205
-  _globals['_HEADPROBABILITIES']._serialized_end=277
-  _globals['_SCOREDITEM']._serialized_start=280
-  _globals['_SCOREDITEM']._serialized_end=424
-  _globals['_RECOMMENDRESPONSE']._serialized_start=427
-  _globals['_RECOMMENDRESPONSE']._serialized_end=644
-  _globals['_ECHOREQUEST']._serialized_start=646
-  _globals['_ECHOREQUEST']._serialized_end=676
-  _globals['_ECHOREPLY']._serialized_start=678
-  _globals['_ECHOREPLY']._serialized_end=706
-  _globals['_RECOMMENDSERVICE']._serialized_start=708
-  _globals['_RECOMMENDSERVICE']._serialized_end=798
-  _globals['_ECHOSERVICE']._serialized_start=800
-  _globals['_ECHOSERVICE']._serialized_end=867
+  _globals['_RECOMMENDREQUEST']._serialized_end=220
+  _globals['_CANDIDATE']._serialized_start=222
+  _globals['_CANDIDATE']._serialized_end=287
+  _globals['_HEADPROBABILITIES']._serialized_start=289
+  _globals['_HEADPROBABILITIES']._serialized_end=361
+  _globals['_SCOREDITEM']._serialized_start=364
+  _globals['_SCOREDITEM']._serialized_end=508
+  _globals['_RECOMMENDRESPONSE']._serialized_start=511
+  _globals['_RECOMMENDRESPONSE']._serialized_end=770
+  _globals['_ECHOREQUEST']._serialized_start=772
+  _globals['_ECHOREQUEST']._serialized_end=802
+  _globals['_ECHOREPLY']._serialized_start=804
+  _globals['_ECHOREPLY']._serialized_end=832
+  _globals['_RECOMMENDSERVICE']._serialized_start=834
+  _globals['_RECOMMENDSERVICE']._serialized_end=924
+  _globals['_ECHOSERVICE']._serialized_start=926
+  _globals['_ECHOSERVICE']._serialized_end=993
 # @@protoc_insertion_point(module_scope)

@@ -104,6 +104,7 @@ class Run:
     rpc_timeout_s: float = 1.0
     workers: int = 8  # concurrent homepage RPCs
     diagnostic_category_cap: int = 3  # best_ctr_capped: best list with <= this many per category
+    explain_share: float = 0.25  # Recommend calls asked to explain (the report's gap analysis)
 
 
 SECTIONS: dict[str, type] = {"catalog": Catalog, "users": Users, "truth": Truth,
@@ -166,7 +167,8 @@ def _validate(c: WorldConfig) -> None:
     if c.run.speed <= 0 or c.run.k < 1 or c.run.workers < 1:
         raise WorldConfigError("run.speed must be > 0, run.k and run.workers >= 1")
     shares = {"users.drift_share": c.users.drift_share, "users.bot_share": c.users.bot_share,
-              "run.oracle_share": c.run.oracle_share, "truth.cart_rate": c.truth.cart_rate,
+              "run.oracle_share": c.run.oracle_share, "run.explain_share": c.run.explain_share,
+              "truth.cart_rate": c.truth.cart_rate,
               "truth.purchase_rate": c.truth.purchase_rate, "behaviour.home_share": c.behaviour.home_share,
               "behaviour.landing_home": c.behaviour.landing_home,
               "behaviour.diurnal_amplitude": c.behaviour.diurnal_amplitude}

@@ -41,6 +41,7 @@ from features.events import make_event
 from proto import events_pb2
 from sim.clock import Clock
 from sim.config import WorldConfig
+from sim.gap import Explained, price_request
 from sim.stats import CLICKS, PENDING, SHOWN, SIM_TIME, Stats
 from sim.world import HOUR_MS, Item, User, World
 
@@ -59,6 +60,7 @@ class Served:
     degraded: bool = False
     latency_ms: float = 0.0
     sources: list[str] | None = None  # per item: the retrieval source that proposed it (diagnostic)
+    candidates: list[Explained] | None = None  # an explained call's retrieved candidates (sim.gap)
 
 
 class RecommendError(Exception):
@@ -287,6 +289,10 @@ class Shop:
         except Exception:  # one broken visit must not stop the shop
             log.exception("homepage visit failed")
 
+    def _row_of(self, item_id: str) -> int | None:
+        item = self.w.index.get(item_id)
+        return None if item is None else item.idx
+
     def homepage(self, s: Session, t: int) -> None:
         t = max(t, self.clock.now_ms())  # on a worker thread, the visit happens when it runs
         user, st = s.user, self.stats
@@ -332,9 +338,13 @@ class Shop:
                                             pos, served.arm if counted else None)
         n = sum(1 for _, it in shown if it is not None)
         best = capped = 0.0
+        gap = None
         if counted and n:
             _, ps = self.w.oracle(user, n, t, bought)
             best = sum(float(q) * self.w.examine(pos) for pos, q in enumerate(ps))
+            if served.candidates:
+                gap = price_request(self.w.p_click_all(user, t), self._row_of, served.candidates,
+                                    served.items, n, self.w.examine)
             if self.cfg.run.diagnostic_category_cap > 0:
                 _, ps = self.w.oracle(user, n, t, bought, self.cfg.run.diagnostic_category_cap)
                 capped = sum(float(q) * self.w.examine(pos) for pos, q in enumerate(ps))
@@ -363,6 +373,8 @@ class Shop:
                 a.expected_clicks += expected
                 a.best_clicks += best
                 a.best_capped_clicks += capped
+                if gap is not None:
+                    a.gap.add(gap, best, n)
                 ctx = a.by_context.setdefault("landing" if s.landing else "in_session", [0, 0])
                 ctx[0] += n
                 ctx[1] += clicks

@@ -17,7 +17,9 @@ scorer takes the request's event time (the simulator already sends it as gRPC me
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,16 +44,24 @@ TIME_METADATA = "x-recsys-event-time-ms"
 class GrpcRecommender:
     """The frontend's call: Recommend(user, surface=home, k) with the sim time as metadata."""
 
-    def __init__(self, address: str, timeout_s: float) -> None:
+    def __init__(self, address: str, timeout_s: float, explain_share: float = 0.0) -> None:
         self.channel = grpc.insecure_channel(address)
         self.stub = recommend_pb2_grpc.RecommendServiceStub(self.channel)
         self.timeout_s = timeout_s
+        self.explain_share = explain_share
+        self._calls = itertools.count()
+
+    def _explain(self) -> bool:
+        """Every 1/share-th call, deterministically (thread-safe: ``count`` is atomic)."""
+        n = next(self._calls)
+        return math.floor((n + 1) * self.explain_share) > math.floor(n * self.explain_share)
 
     def __call__(self, user: User, k: int, sim_ms: int) -> Served:
         device, country = context(user)
         req = recommend_pb2.RecommendRequest(
             user_id=user.user_id, surface="home", k=k,
-            context=events_pb2.Context(device=device, surface="home", country=country))
+            context=events_pb2.Context(device=device, surface="home", country=country),
+            explain=self._explain())
         t0 = time.perf_counter()
         try:
             resp = self.stub.Recommend(req, timeout=self.timeout_s, metadata=((TIME_METADATA, str(sim_ms)),))
@@ -60,7 +70,8 @@ class GrpcRecommender:
         return Served(resp.request_id, [i.item_id for i in resp.items], resp.arm or "default",
                       resp.degraded, (time.perf_counter() - t0) * 1000.0,
                       ["covisit" if "covisit" in i.sources else (i.sources[0] if i.sources else "none")
-                       for i in resp.items])
+                       for i in resp.items],
+                      [(c.item_id, list(c.sources), c.model_rank) for c in resp.candidates] or None)
 
 
 class KafkaSink:
@@ -102,7 +113,8 @@ class Simulator:
         self.k = self.cfg.run.k
         self.world = World(config=self.cfg)
         self.sink = KafkaSink(settings)
-        self.recommender = GrpcRecommender(address, self.cfg.run.rpc_timeout_s)
+        self.recommender = GrpcRecommender(address, self.cfg.run.rpc_timeout_s,
+                                           self.cfg.run.explain_share)
         self.launch_ms = int(time.time() * 1000) - YEAR_MS
         self.shop: Shop | None = None
         self.clock: SimClock | None = None

@@ -16,6 +16,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 from prometheus_client import Counter, Gauge, Histogram
 
+from sim.gap import GapStats
 from sim.latency import new_histogram, record_us
 
 EVENTS = Counter("recsys_sim_events_total", "events produced by the simulator", ["type"])
@@ -69,6 +70,7 @@ class ArmStats:
     per_user: dict[str, list[int]] = field(default_factory=dict)  # user -> [impressions, clicks]
     by_context: dict[str, list[int]] = field(default_factory=dict)  # landing / in_session -> same
     by_source: dict[str, list[int]] = field(default_factory=dict)  # retrieval source -> same
+    gap: GapStats = field(default_factory=GapStats)  # explained requests priced by the truth
 
     @property
     def ctr(self) -> float:
@@ -98,6 +100,7 @@ class ArmStats:
             "purchases": self.purchases, "purchases_pending": self.purchases_pending,
             "revenue_per_mille": 1000 * self.revenue / n if n else 0.0,
             "degraded": self.degraded, "retired_shown": self.retired_shown,
+            **({"gap": self.gap.report()} if self.gap.requests else {}),
         }
 
 

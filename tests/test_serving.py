@@ -214,6 +214,34 @@ def test_a_late_stage_answers_degraded_within_the_production_deadline(world):
         srv.stop(0)
 
 
+
+def test_an_explained_call_returns_every_candidate_with_its_model_rank(world):
+    srv = build_server(world.replace(explore_epsilon=0.0), port=0, log_impressions=False, ann=None)
+    try:
+        stub = _stub(srv)
+        plain = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=5), timeout=5)
+        assert not plain.candidates  # only when asked
+        calls: list[list[str]] = []
+        real_items = srv.servicer.store.item_columns
+        srv.servicer.store.item_columns = (  # type: ignore[method-assign]
+            lambda ids: calls.append(ids) or real_items(ids))
+        resp = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u1", k=5, explain=True), timeout=5)
+        assert calls, "an explained call is computed, never answered from the cache"
+        assert not resp.degraded, resp.degraded_reason
+        cands = {c.item_id: c for c in resp.candidates}
+        assert len(cands) == len(resp.candidates) > len(resp.items)
+        assert sorted(c.model_rank for c in resp.candidates) == list(range(len(resp.candidates)))
+        assert all(c.sources for c in resp.candidates)
+        served = [i.item_id for i in resp.items]
+        assert set(served) <= set(cands)
+        # without exploration the first served item is the ranker's best that passed the caps
+        ranks = [cands[i].model_rank for i in served]
+        assert ranks[0] == min(ranks)
+        assert set(cands[served[0]].sources) == set(resp.items[0].sources)
+    finally:
+        srv.stop(0)
+
+
 class ConstRanker:
     def __init__(self, p: float) -> None:
         self.version, self.p = "const", p

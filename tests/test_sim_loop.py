@@ -57,6 +57,16 @@ def test_closed_loop_against_live_scorer_and_dataflow(settings):
         for arm in rep["arms"].values():
             assert set(arm) >= ARM_KEYS and arm["impressions"] > 0
             assert arm["ctr_ci95"][0] <= arm["ctr"] <= arm["ctr_ci95"][1] and 0 < arm["best_ctr"] <= 1
+        # the gap analysis: explained model-arm calls priced by the truth at each stage
+        gap = rep["arms"]["model"]["gap"]
+        assert gap["requests"] > 0 and gap["slots"] > 0 and 0 < gap["oracle_ctr"] <= 1
+        f = gap["oracle_fraction"]
+        assert f["served"] <= f["retrieval_ceiling"] + 1e-9  # nothing served beats the best retrieved
+        assert f["ranker_top_k"] <= f["retrieval_ceiling"] + 1e-9 and f["retrieval_ceiling"] <= 1 + 1e-9
+        assert {"popular", "covisit"} & set(gap["retrieval_ceiling_by_source"])
+        assert all(v["ctr"] <= gap["ctr"]["retrieval_ceiling"] + 1e-9
+                   for v in gap["retrieval_ceiling_by_source"].values())
+        assert "gap" not in rep["arms"]["oracle"]  # the oracle arm makes no call to explain
         assert abs(rep["sim_hours"] - 10 * 120 / 3600) < 0.05
         # sim time ends at wall "now": never in the future, so the dataflow accepts every event
         assert rep["sim_start_ms"] < t0 - 0.9 * 10 * 120 * 1000
