@@ -203,7 +203,8 @@ class RecommendServicer:
         state = self.store.user_state(req.user_id)
         t = self._check(t0, "user_state", t)
         ranker = self.ranker_for(arm)
-        asked = request_fingerprint(req, surface)
+        # the fingerprint only where a cached list is there to check or one will be stored
+        asked = request_fingerprint(req, surface) if state.cached or self._caches(arm) else ""
         cached = None if explained is not None else self._from_cache(state, k, arm, ranker.version, asked)
         if cached is not None:
             return cached, ranker.version
@@ -296,6 +297,10 @@ class RecommendServicer:
                 out = explore(out, pool, policy, self._rng, make=ranked)
         return out
 
+    def _caches(self, arm: str) -> bool:
+        """Whether this arm's lists are stored in the result cache (random lists never are)."""
+        return self.s.cache_ttl_s > 0 and arm != "random"
+
     def _from_cache(self, state: UserState, k: int, arm: str, version: str, asked: str
                     ) -> list[S.Ranked] | None:
         """The cached list, if it was built for this session version, arm, model and the same
@@ -311,7 +316,7 @@ class RecommendServicer:
 
     def _store_cache(self, user_id: str, state: UserState, out: list[S.Ranked], arm: str,
                      version: str, asked: str) -> None:
-        if self.s.cache_ttl_s <= 0 or arm == "random":
+        if not self._caches(arm):
             return
         value: dict[str, Any] = {
             "ver": state.session_version, "arm": arm, "model": version, "req": asked,

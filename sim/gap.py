@@ -42,11 +42,19 @@ def best_clicks(p0: npt.NDArray[np.float64], rows: Sequence[int], n: int,
     return list_clicks(p0, top, examine)
 
 
+@dataclass(frozen=True)
+class Priced:
+    """Expected clicks of one explained request at each stage (``STAGES``), and the retrieval
+    ceiling of each source alone."""
+
+    stages: dict[str, float]
+    by_source: dict[str, float]
+
+
 def price_request(p0: npt.NDArray[np.float64], row_of: Callable[[str], int | None],
                   candidates: Sequence[Explained], served: Sequence[str], n: int,
-                  examine: Callable[[int], float]) -> dict[str, float | dict[str, float]]:
-    """Expected clicks of each stage for one explained request (items unknown to the world are
-    skipped); ``by_source``: the retrieval ceiling of each source alone."""
+                  examine: Callable[[int], float]) -> Priced:
+    """Each stage of one explained request priced (items unknown to the world are skipped)."""
     rows: list[int] = []
     by_source: dict[str, list[int]] = {}
     ranked: list[tuple[int, int]] = []
@@ -59,12 +67,12 @@ def price_request(p0: npt.NDArray[np.float64], row_of: Callable[[str], int | Non
         for s in sources:
             by_source.setdefault(s, []).append(r)
     served_rows = [r for r in (row_of(i) for i in served) if r is not None]
-    return {
-        "retrieval_ceiling": best_clicks(p0, rows, n, examine),
-        "ranker_top_k": list_clicks(p0, [r for _, r in sorted(ranked)[:n]], examine),
-        "served": list_clicks(p0, served_rows[:n], examine),
-        "by_source": {s: best_clicks(p0, rs, n, examine) for s, rs in by_source.items()},
-    }
+    return Priced(
+        stages={"retrieval_ceiling": best_clicks(p0, rows, n, examine),
+                "ranker_top_k": list_clicks(p0, [r for _, r in sorted(ranked)[:n]], examine),
+                "served": list_clicks(p0, served_rows[:n], examine)},
+        by_source={s: best_clicks(p0, rs, n, examine) for s, rs in by_source.items()},
+    )
 
 
 @dataclass
@@ -77,17 +85,13 @@ class GapStats:
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     by_source: dict[str, float] = field(default_factory=dict)
 
-    def add(self, priced: dict[str, float | dict[str, float]], oracle: float, slots: int) -> None:
+    def add(self, priced: Priced, oracle: float, slots: int) -> None:
         self.requests += 1
         self.slots += slots
         self.oracle += oracle
         for s in STAGES:
-            v = priced[s]
-            assert isinstance(v, float)
-            self.stages[s] += v
-        by = priced["by_source"]
-        assert isinstance(by, dict)
-        for src, v in by.items():
+            self.stages[s] += priced.stages[s]
+        for src, v in priced.by_source.items():
             self.by_source[src] = self.by_source.get(src, 0.0) + v
 
     def report(self) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.gap import GapStats, best_clicks, list_clicks, price_request
+from sim.gap import GapStats, Priced, best_clicks, list_clicks, price_request
 
 
 def examine(pos: int) -> float:
@@ -20,10 +20,10 @@ def test_each_stage_is_priced_by_the_truth_at_its_slots():
     cands = [("i0", ["popular"], 2), ("i1", ["covisit", "popular"], 3), ("i2", ["covisit"], 0),
              ("i3", ["trending"], 1), ("unknown", ["popular"], 4)]
     priced = price_request(P0, ROW.get, cands, served=["i2", "i0"], n=2, examine=examine)
-    assert priced["retrieval_ceiling"] == pytest.approx(0.50 + 0.40 / 2)  # i1 then i3
-    assert priced["ranker_top_k"] == pytest.approx(0.20 + 0.40 / 2)  # ranks 0, 1: i2 then i3
-    assert priced["served"] == pytest.approx(0.20 + 0.10 / 2)
-    assert priced["by_source"] == pytest.approx({"popular": 0.50 + 0.10 / 2, "covisit": 0.50 + 0.20 / 2,
+    assert priced.stages["retrieval_ceiling"] == pytest.approx(0.50 + 0.40 / 2)  # i1 then i3
+    assert priced.stages["ranker_top_k"] == pytest.approx(0.20 + 0.40 / 2)  # ranks 0, 1: i2 then i3
+    assert priced.stages["served"] == pytest.approx(0.20 + 0.10 / 2)
+    assert priced.by_source == pytest.approx({"popular": 0.50 + 0.10 / 2, "covisit": 0.50 + 0.20 / 2,
                                                  "trending": 0.40})
 
 
@@ -40,9 +40,9 @@ def test_the_ceiling_bounds_every_ordering_of_the_same_candidates():
 
 def test_report_gives_fractions_of_the_oracle_over_the_same_requests():
     g = GapStats()
-    g.add({"retrieval_ceiling": 0.6, "ranker_top_k": 0.4, "served": 0.3, "by_source": {"popular": 0.5}},
+    g.add(Priced({"retrieval_ceiling": 0.6, "ranker_top_k": 0.4, "served": 0.3}, {"popular": 0.5}),
           oracle=1.2, slots=10)
-    g.add({"retrieval_ceiling": 0.2, "ranker_top_k": 0.2, "served": 0.1, "by_source": {"covisit": 0.2}},
+    g.add(Priced({"retrieval_ceiling": 0.2, "ranker_top_k": 0.2, "served": 0.1}, {"covisit": 0.2}),
           oracle=0.4, slots=10)
     r = g.report()
     assert r["requests"] == 2 and r["slots"] == 20 and r["oracle_ctr"] == pytest.approx(1.6 / 20)
