@@ -19,13 +19,14 @@ settings' usual sources); ``load_settings(env=..., config_file=..., overrides=..
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BeforeValidator, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as _PydanticSettingsError
 
 from core.settings_sources import (
@@ -44,6 +45,21 @@ from core.settings_sources import (
 
 # the event loops a gRPC server thread can run on (``online.aio_host``), the default first
 GRPC_EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def _numbers(raw: Any) -> Any:
+    """A comma-separated string (environment, ``--set``) or a list (TOML) -> a tuple of numbers
+    (pydantic coerces each item to float; booleans are not numbers)."""
+    if isinstance(raw, str):
+        raw = tuple(x.strip() for x in raw.split(",") if x.strip())
+    if isinstance(raw, list | tuple):
+        if any(isinstance(x, bool) for x in raw):
+            raise ValueError("booleans are not numbers")
+        return tuple(raw)
+    return raw
+
+
+Floats = Annotated[tuple[float, ...], NoDecode, BeforeValidator(_numbers)]
 
 
 class Settings(BaseSettings):
@@ -130,6 +146,9 @@ class Settings(BaseSettings):
     # users are hashed into these arms; policies: model (promoted model, else heuristic),
     # heuristic, popular, random
     ab_arms: Names = ("model",)
+    # relative share of users per arm, in ab_arms order (e.g. 95,5 or 0.95,0.05 for a 5%
+    # challenger); empty = an equal split
+    ab_weights: Floats = ()
     ranker_model: str = "ranker"  # registry name of the ranker the scorer serves (hot-reloaded)
     ranker_int8: Flag = False  # serve the ranker with INT8 dynamic quantization
     # serve a fused MMoE in bfloat16: auto (where the CPU has native bf16 dot products), on, off
@@ -215,6 +234,13 @@ class Settings(BaseSettings):
         if not self.ab_arms or unknown_arms:
             raise ValueError(
                 f"ab_arms must be a non-empty list of model/heuristic/popular/random, got {self.ab_arms}")
+        if self.ab_weights and len(self.ab_weights) != len(self.ab_arms):
+            raise ValueError(
+                f"ab_weights has {len(self.ab_weights)} weights for {len(self.ab_arms)} ab_arms "
+                f"({','.join(self.ab_arms)}): give one weight per arm, in the same order, or none "
+                "for an equal split")
+        if not all(math.isfinite(w) and w > 0 for w in self.ab_weights):
+            raise ValueError(f"ab_weights must all be finite and > 0, got {self.ab_weights}")
         if not 0.0 <= self.explore_epsilon <= 1.0 or not all(x.isdigit() for x in self.explore_slots):
             raise ValueError("explore_epsilon must be in [0, 1] and explore_slots positions (ints)")
         if self.item_refresh_hot_s < 0:
@@ -355,7 +381,7 @@ def settings_to_env(settings: Settings, base: Mapping[str, str] | None = None) -
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, tuple):
-            value = ",".join(value)
+            value = ",".join(map(str, value))
         elif isinstance(value, SecretStr):
             value = value.get_secret_value()
         env[f"{ENV_PREFIX}{name.upper()}"] = str(value)

@@ -54,11 +54,12 @@ class ItemState:
     # arrives so the catalog join does not depend on topic interleaving:
     # (user_id, etype, ts_ms, price, ingest_ms)
     held: tuple[tuple[str, str, int, float, int], ...] = ()
+    first_ms: int = 0  # updated_ms of the earliest catalog row applied (the item's age); 0 = none
 
     def copy(self) -> ItemState:
         return ItemState(self.impressions, self.views, self.clicks, self.carts, self.purchases,
                          self.trend, self.n_events, self.last_ms, self.category, self.brand,
-                         self.price, self.active, self.catalog_ms, self.held)
+                         self.price, self.active, self.catalog_ms, self.held, self.first_ms)
 
     def decayed(self, name: str, now_ms: int, half_life_s: float) -> float:
         return decayed_value(getattr(self, name), now_ms, half_life_s)
@@ -104,4 +105,5 @@ def apply_catalog(st: ItemState | None, *, category: str, brand: str, price: flo
     new = st.copy()
     new.category, new.brand, new.price, new.active = category, brand, price, active
     new.catalog_ms = updated_ms
+    new.first_ms = min(st.first_ms, updated_ms) if st.first_ms else updated_ms
     return new

@@ -26,8 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 from features.decay import decay_exponent  # pure; shared with the dataflow
+from features.taste import HISTORY_DECAY
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: taste, brand affinity, rating, item age, time, recency, depth
 
 SPARSE = ("item_id", "category", "brand", "surface", "device", "country")
 PER_ITEM_SPARSE = ("item_id", "category", "brand")  # the others are one value per request
@@ -44,8 +45,21 @@ DENSE = (
     "log_user_events",  # log1p of the user's lifetime events
     "in_session",  # 1 if the item is among the last-N viewed
     "n_sources",  # how many retrieval sources proposed it
+    "u_brand_pref",  # user's decayed preference share for the item's brand
+    "taste_sim",  # cosine(item vector, user's recent-history vector) (features.taste); 0 unknown
+    "taste_known",  # 1 if both vectors exist
+    "rating",  # (catalog rating - 3) / 2, 0 when unknown
+    "log_age_h",  # log1p(hours since the item's first catalog row), 0 when unknown
+    "hour_sin",  # time of day (UTC), cyclical
+    "hour_cos",
+    "dow_sin",  # day of week (UTC), cyclical
+    "dow_cos",
+    "log_idle_h",  # log1p(hours since the user's last event), 0 when unknown
+    "session_depth",  # log1p(events in the user's current session)
+    "in_history",  # 0.85 ** rank if among the user's recent items (newest = rank 0), else 0
 )
 COL = {name: j for j, name in enumerate(DENSE)}
+HOUR_MS = 3_600_000.0
 DEFAULT_CTR, DEFAULT_CVR = 0.02, 0.05
 
 
@@ -56,6 +70,8 @@ class CatalogPart(NamedTuple):
     brand: str
     price: float
     active: bool
+    rating: float = 0.0  # 0 = unknown
+    first_ms: int = 0  # first catalog row's time; 0 = unknown
 
 
 class StatsPart(NamedTuple):
@@ -79,13 +95,16 @@ class ItemRow(NamedTuple):
     ctr: float
     cvr: float
     active: bool
+    rating: float = 0.0
+    first_ms: int = 0
 
 
 def catalog_part(row: Mapping[str, Any] | None) -> CatalogPart | None:
     if not row:
         return None
     return CatalogPart(str(row.get("category") or ""), str(row.get("brand") or ""),
-                       float(row.get("price") or 0.0), bool(row.get("active", True)))
+                       float(row.get("price") or 0.0), bool(row.get("active", True)),
+                       float(row.get("rating") or 0.0), int(row.get("first") or 0))
 
 
 def stats_part(stats: Mapping[str, Any] | None) -> StatsPart | None:
@@ -105,7 +124,7 @@ def combine(cat: CatalogPart | None, st: StatsPart | None) -> ItemRow:
     if cat is None:
         return ItemRow(st.category, st.brand, st.price, st.views, st.ctr, st.cvr, True)
     return ItemRow(cat.category or st.category, cat.brand or st.brand, cat.price or st.price,
-                   st.views, st.ctr, st.cvr, cat.active)
+                   st.views, st.ctr, st.cvr, cat.active, cat.rating, cat.first_ms)
 
 
 def item_row(catalog: Mapping[str, Any] | None, stats: Mapping[str, Any] | None) -> ItemRow:
@@ -132,6 +151,8 @@ class ItemColumns:
     cvr: npt.NDArray[np.float64]
     active: npt.NDArray[np.bool_]
     hashes: Mapping[str, npt.NDArray[np.int64]] | None = None
+    rating: npt.NDArray[np.float64] | None = None  # 0 = unknown; None: all unknown
+    first_ms: npt.NDArray[np.float64] | None = None  # 0 = unknown; None: all unknown
 
     def __len__(self) -> int:
         return len(self.category)
@@ -140,17 +161,20 @@ class ItemColumns:
         """The first n items."""
         return ItemColumns(self.category[:n], self.brand[:n], self.price[:n], self.views[:n],
                            self.ctr[:n], self.cvr[:n], self.active[:n],
-                           None if self.hashes is None else {k: v[:n] for k, v in self.hashes.items()})
+                           None if self.hashes is None else {k: v[:n] for k, v in self.hashes.items()},
+                           None if self.rating is None else self.rating[:n],
+                           None if self.first_ms is None else self.first_ms[:n])
 
     @classmethod
     def from_rows(cls, rows: Sequence[ItemRow]) -> ItemColumns:
         if not rows:
             z = np.zeros(0)
-            return cls([], [], z, z, z, z, np.zeros(0, dtype=bool))
-        cat, brand, price, views, ctr, cvr, active = zip(*rows, strict=True)
+            return cls([], [], z, z, z, z, np.zeros(0, dtype=bool), None, z, z)
+        cat, brand, price, views, ctr, cvr, active, rating, first = zip(*rows, strict=True)
         f = np.float64
         return cls(list(cat), list(brand), np.asarray(price, f), np.asarray(views, f),
-                   np.asarray(ctr, f), np.asarray(cvr, f), np.asarray(active, dtype=bool))
+                   np.asarray(ctr, f), np.asarray(cvr, f), np.asarray(active, dtype=bool), None,
+                   np.asarray(rating, f), np.asarray(first, f))
 
 
 class RetrievalColumns(NamedTuple):
@@ -218,12 +242,17 @@ def assemble_columns(
     context: Mapping[str, str],
     now_ms: int,
     half_life_s: float,
+    session: Mapping[str, Any] | None = None,
+    taste_sim: npt.NDArray[np.float64] | None = None,
 ) -> FeatureBatch:
     """All features of one user and context with many items at ``now_ms``. Pure and total:
     missing state gives neutral values, never an error. User-level values are computed once,
-    item-level ones as numpy columns."""
+    item-level ones as numpy columns. ``session`` is the user's stored session (its event
+    counts give the depth); ``taste_sim`` the candidates' ``features.taste`` similarities
+    (NaN = unknown; None = all unknown)."""
     uf = user_features or {}
     prefs = uf.get("pref") or {}
+    brand_prefs = uf.get("brand") or {}
     user_mean = float(uf.get("price_mean") or 0.0)
     constants = {"surface": context.get("surface", ""), "device": context.get("device", ""),
                  "country": str(uf.get("country") or context.get("country", ""))}
@@ -253,7 +282,37 @@ def assemble_columns(
     if last_viewed:
         dense[:, COL["in_session"]] = np.fromiter(map(last_viewed.__contains__, item_ids), np.float64, n)
     dense[:, COL["n_sources"]] = retrieval.n_sources
+    if brand_prefs:
+        dense[:, COL["u_brand_pref"]] = np.fromiter(map(brand_prefs.get, items.brand, repeat(0.0)),
+                                                    np.float64, n)
+    if taste_sim is not None:
+        known_taste = ~np.isnan(taste_sim)
+        dense[:, COL["taste_sim"]] = np.where(known_taste, taste_sim, 0.0)
+        dense[:, COL["taste_known"]] = known_taste
+    if items.rating is not None:
+        dense[:, COL["rating"]] = np.where(items.rating > 0, (items.rating - 3.0) / 2.0, 0.0)
+    if items.first_ms is not None:
+        age_h = np.maximum(now_ms - items.first_ms, 0.0) / HOUR_MS
+        dense[:, COL["log_age_h"]] = np.where(items.first_ms > 0, np.log1p(age_h), 0.0)
+    dense[:, [COL["hour_sin"], COL["hour_cos"], COL["dow_sin"], COL["dow_cos"]]] = time_of_week(now_ms)
+    last = int(uf.get("last") or 0)
+    dense[:, COL["log_idle_h"]] = math.log1p(max(now_ms - last, 0) / HOUR_MS) if last else 0.0
+    depth = sum(int(v) for v in ((session or {}).get("counts") or {}).values())
+    dense[:, COL["session_depth"]] = math.log1p(depth)
+    recent = uf.get("recent") or ()
+    if recent:
+        rank_weight = {item: HISTORY_DECAY ** r for r, item in enumerate(recent)}
+        dense[:, COL["in_history"]] = np.fromiter(map(rank_weight.get, item_ids, repeat(0.0)),
+                                                  np.float64, n)
     return FeatureBatch(item_ids, cats, items.brand, constants, dense, items.hashes)
+
+
+def time_of_week(now_ms: int) -> tuple[float, float, float, float]:
+    """(sin, cos) of the UTC hour of day and of the day of week: cyclical, so 23:00 is near 00:00."""
+    hours = now_ms / HOUR_MS
+    day = 2 * math.pi * (hours % 24.0) / 24.0
+    week = 2 * math.pi * (hours % 168.0) / 168.0
+    return math.sin(day), math.cos(day), math.sin(week), math.cos(week)
 
 
 def assemble_batch(
@@ -268,6 +327,8 @@ def assemble_batch(
     context: Mapping[str, str],
     now_ms: int,
     half_life_s: float,
+    session: Mapping[str, Any] | None = None,
+    taste_sim: npt.NDArray[np.float64] | None = None,
 ) -> list[dict[str, Any]]:
     """``assemble_columns`` from stored catalog rows and stats, as one dict per item (the
     offline training-set builder's entry point)."""
@@ -277,7 +338,7 @@ def assemble_batch(
                             else RetrievalColumns.from_mappings(retrievals),
                             user_features=user_features, session_affinity=session_affinity,
                             last_viewed=last_viewed, context=context, now_ms=now_ms,
-                            half_life_s=half_life_s).rows()
+                            half_life_s=half_life_s, session=session, taste_sim=taste_sim).rows()
 
 
 def assemble(
@@ -292,9 +353,12 @@ def assemble(
     context: Mapping[str, str],
     now_ms: int,
     half_life_s: float,
+    session: Mapping[str, Any] | None = None,
+    taste_sim: float = math.nan,
 ) -> dict[str, Any]:
     """The features of one (user, item, context): ``assemble_batch`` with one item."""
     return assemble_batch(item_ids=[item_id], catalogs=[catalog], item_stats=[item_stats],
                           retrievals=[retrieval], user_features=user_features,
                           session_affinity=session_affinity, last_viewed=last_viewed,
-                          context=context, now_ms=now_ms, half_life_s=half_life_s)[0]
+                          context=context, now_ms=now_ms, half_life_s=half_life_s,
+                          session=session, taste_sim=np.array([taste_sim]))[0]

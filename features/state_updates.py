@@ -62,6 +62,8 @@ class UserTouch:
     category: str
     price: float
     ingest_ms: int
+    item_id: str = ""
+    brand: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +214,9 @@ MAX_HELD = 10_000
 NEW_ITEMS_KEPT = 1000  # size of the newest-items pool
 
 
-def _release(st: IF.ItemState) -> list[UserTouch]:
-    return [UserTouch(user, etype, ts, st.category, price if price > 0 else st.price, ingest)
+def _release(item_id: str, st: IF.ItemState) -> list[UserTouch]:
+    return [UserTouch(user, etype, ts, st.category, price if price > 0 else st.price, ingest,
+                      item_id, st.brand)
             for user, etype, ts, price, ingest in st.held]
 
 
@@ -226,12 +229,12 @@ def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
                                active=x.active, updated_ms=x.updated_ms)
         if new is st:  # an older row than the one applied
             return new, []
-        released = _release(new)
+        released = _release(x.item_id, new)
         first_row = not (st and st.catalog_ms)
         new = replace(new, held=())
         row = codecs.encode({"title": x.title, "category": x.category, "brand": x.brand,
                              "price": x.price, "rating": x.rating, "active": x.active,
-                             "updated": x.updated_ms})
+                             "updated": x.updated_ms, "first": new.first_ms})
         out: list[Write | UserTouch] = [Write("set", k.item_catalog(x.item_id), row, x.ingest_ms,
                                               "catalog")]
         if first_row and x.active:  # a new item: into the (trimmed) newest-items pool
@@ -261,7 +264,8 @@ def item_step(cfg: StepConfig, st: IF.ItemState | None, x: Touch | CatalogRow
                 return held, out
             metrics.UNCATALOGUED.inc()
         price = x.price if x.price > 0 else new.price
-        out.append(UserTouch(x.user_id, x.etype, x.ts_ms, new.category, price, x.ingest_ms))
+        out.append(UserTouch(x.user_id, x.etype, x.ts_ms, new.category, price, x.ingest_ms,
+                             x.item_id, new.brand))
     return new, out
 
 
@@ -275,7 +279,7 @@ def user_step(cfg: StepConfig, st: UF.UserFeatures | None, x: UserTouch | Profil
                                signup_ms=x.signup_ms, updated_ms=x.updated_ms)
     else:
         new = UF.apply_event(st, etype=x.etype, ts_ms=x.ts_ms, category=x.category, price=x.price,
-                             p=cfg.user)
+                             p=cfg.user, item_id=x.item_id, brand=x.brand)
     if new is st:
         return new, []
     return new, [Write("set", cfg.keys.user_features(x.user_id), Lazy(_encode_user, new, cfg.user),

@@ -1,9 +1,12 @@
-"""User features as pure functions: decayed category preferences, price sensitivity, counts.
+"""User features as pure functions: decayed category and brand preferences, recent items,
+price sensitivity, counts.
 
-Category preference: per category a forward-decayed log2 weight (view 1, click 2, cart 3,
-purchase 5) with a half-life (7 days default); categories whose weight has decayed below
-``min_weight`` over the horizon are pruned. Price sensitivity: mean and spread of purchase
-prices (Welford's online algorithm). Profile fields come from the ``users`` topic.
+Category (and brand) preference: per category (brand) a forward-decayed log2 weight (view 1,
+click 2, cart 3, purchase 5) with a half-life (7 days default); those whose weight has decayed
+below one view as old as the horizon are pruned. Recent items: the ``recent_n`` distinct
+items the user touched last (by event time; order-independent), newest first (the ranker's
+taste feature pools their vectors). Price sensitivity: mean and spread of purchase prices
+(Welford's online algorithm). Profile fields come from the ``users`` topic.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
 class UserParams:
     half_life_s: float = 7 * 24 * 3600.0
     horizon_s: float = 30 * 24 * 3600.0
-    max_categories: int = 50
+    max_categories: int = 50  # also the number of brands kept
+    recent_n: int = 20  # distinct recent items kept (newest first)
 
 
 @dataclass(slots=True)
@@ -40,20 +44,21 @@ class UserFeatures:
     age_bucket: str = ""
     signup_ms: int = 0
     profile_ms: int = 0
+    brand_pref: tuple[tuple[str, float], ...] = ()  # brand -> log2 decayed weight
+    recent: tuple[tuple[str, int], ...] = ()  # (item, its latest event time), newest first
 
     def copy(self) -> UserFeatures:
         return UserFeatures(self.cat_pref, self.purchase_n, self.price_mean, self.price_m2,
                             self.counts, self.last_ms, self.country, self.age_bucket,
-                            self.signup_ms, self.profile_ms)
+                            self.signup_ms, self.profile_ms, self.brand_pref, self.recent)
 
     def preferences(self, now_ms: int, p: UserParams) -> dict[str, float]:
         """Normalised category distribution as of ``now_ms``."""
-        if not self.cat_pref:
-            return {}
-        base = decay_exponent(now_ms, p.half_life_s)
-        raw = {c: 2.0 ** (s - base) for c, s in self.cat_pref}
-        total = sum(raw.values())
-        return {c: w / total for c, w in sorted(raw.items())} if total > 0 else {}
+        return _distribution(self.cat_pref, now_ms, p)
+
+    def brand_preferences(self, now_ms: int, p: UserParams) -> dict[str, float]:
+        """Normalised brand distribution as of ``now_ms``."""
+        return _distribution(self.brand_pref, now_ms, p)
 
     @property
     def price_std(self) -> float:
@@ -64,12 +69,23 @@ class UserFeatures:
             "pref": self.preferences(self.last_ms, p), "price_mean": self.price_mean,
             "price_std": self.price_std, "purchases": self.purchase_n, "counts": dict(self.counts),
             "last": self.last_ms, "country": self.country, "age": self.age_bucket,
-            "signup": self.signup_ms,
+            "signup": self.signup_ms, "brand": self.brand_preferences(self.last_ms, p),
+            "recent": [item for item, _ in self.recent],
         }
 
 
+def _distribution(weights: tuple[tuple[str, float], ...], now_ms: int, p: UserParams
+                  ) -> dict[str, float]:
+    if not weights:
+        return {}
+    base = decay_exponent(now_ms, p.half_life_s)
+    raw = {c: 2.0 ** (s - base) for c, s in weights}
+    total = sum(raw.values())
+    return {c: w / total for c, w in sorted(raw.items())} if total > 0 else {}
+
+
 def apply_event(u: UserFeatures | None, *, etype: str, ts_ms: int, category: str, price: float,
-                p: UserParams) -> UserFeatures:
+                p: UserParams, item_id: str = "", brand: str = "") -> UserFeatures:
     u = u or UserFeatures()
     new = u.copy()
     new.counts = count_inc(u.counts, etype)
@@ -79,6 +95,12 @@ def apply_event(u: UserFeatures | None, *, etype: str, ts_ms: int, category: str
         prefs = dict(u.cat_pref)
         prefs[category] = decay_add(prefs.get(category), ts_ms, p.half_life_s, weight)
         new.cat_pref = _prune(prefs, new.last_ms, p)
+    if weight and brand:
+        brands = dict(u.brand_pref)
+        brands[brand] = decay_add(brands.get(brand), ts_ms, p.half_life_s, weight)
+        new.brand_pref = _prune(brands, new.last_ms, p)
+    if weight and item_id:
+        new.recent = _recent(u.recent, item_id, ts_ms, p.recent_n)
     if etype == "purchase" and price > 0:
         n = u.purchase_n + 1
         delta = price - u.price_mean
@@ -86,6 +108,17 @@ def apply_event(u: UserFeatures | None, *, etype: str, ts_ms: int, category: str
         new.purchase_n, new.price_mean = n, mean
         new.price_m2 = u.price_m2 + delta * (price - mean)
     return new
+
+
+def _recent(recent: tuple[tuple[str, int], ...], item_id: str, ts_ms: int, n: int
+            ) -> tuple[tuple[str, int], ...]:
+    """The n items with the latest event times (each item's latest), newest first; ties by
+    item id. Order-independent: late and out-of-order events give the same list."""
+    latest = dict(recent)
+    if latest.get(item_id, -1) >= ts_ms:
+        return recent
+    latest[item_id] = ts_ms
+    return tuple(sorted(latest.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
 
 def _prune(prefs: dict[str, float], now_ms: int, p: UserParams) -> tuple[tuple[str, float], ...]:

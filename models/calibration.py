@@ -86,6 +86,38 @@ class Platt:
         lr.fit(x[:, None], t)
         return cls(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
 
+    @classmethod
+    def fit_examined(cls, p: npt.ArrayLike, y: npt.ArrayLike, examine: npt.ArrayLike,
+                     ridge: float = 1e-4) -> Platt:
+        """Platt for a position-debiased model: ``p`` are top-slot predictions, ``y`` labels
+        observed at positions examined with probability ``examine``; fits ``a, b`` so that
+        ``examine · sigmoid(a·logit(p) + b)`` is calibrated (maximum likelihood, L-BFGS, the
+        same tiny ridge on the slope). Served at the top (examine = 1), ``predict`` is then a
+        calibrated top-slot probability and ``predict · examine`` calibrated where it was shown
+        (fitting on ``p · examine`` and scaling afterwards is not: the map is not linear)."""
+        from scipy.optimize import minimize
+
+        x = _logit(p).reshape(-1)
+        t = np.asarray(y, dtype=np.float64).reshape(-1)
+        e = np.clip(np.asarray(examine, dtype=np.float64).reshape(-1), EPS, 1.0)
+        if x.size == 0 or not x.size == t.size == e.size:
+            raise ValueError(f"fit_examined needs as many labels and examine values as scores, "
+                             f"got {t.size}, {e.size} and {x.size}")
+        if t.min() == t.max():
+            return cls.fit(np.clip(np.asarray(p, dtype=np.float64) * e, EPS, 1 - EPS), t, ridge)
+
+        def nll(w: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+            s = 1.0 / (1.0 + np.exp(-(w[0] * x + w[1])))  # [n] top-slot probability
+            q = np.clip(e * s, EPS, 1 - EPS)  # [n] where shown
+            dq = t / q - (1 - t) / (1 - q)  # d log-lik / dq
+            dz = dq * e * s * (1 - s)  # d log-lik / dz
+            loss = -float(np.sum(t * np.log(q) + (1 - t) * np.log(1 - q))) + ridge * w[0] ** 2
+            grad = -np.array([float(dz @ x), float(dz.sum())]) + np.array([2 * ridge * w[0], 0.0])
+            return loss, grad
+
+        res = minimize(nll, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+        return cls(float(res.x[0]), float(res.x[1]))
+
     def predict(self, p: npt.ArrayLike) -> Array:
         z = self.a * _logit(p) + self.b
         return np.clip(1.0 / (1.0 + np.exp(-z)), EPS, 1 - EPS)

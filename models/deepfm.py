@@ -114,6 +114,9 @@ class RankerConfig:
     dense_mean: tuple[float, ...] = ()  # standardisation of DENSE (from the training split)
     dense_std: tuple[float, ...] = ()
     feature_version: int = FEATURE_VERSION
+    # trained with the shown position (models.position_bias, PAL): the outputs, served without
+    # one, are "if shown at the top" probabilities; the forward pass is the same either way
+    position_debias: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("deepfm", "mmoe"):

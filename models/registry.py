@@ -5,6 +5,8 @@ Layout under a root (default ``<state_dir>/models``)::
     <root>/<name>/v1/            model file, config.json, metrics.json, manifest.json
     <root>/<name>/v2/
     <root>/<name>/CURRENT.json   {"version": "v2", "history": ["v1"], "updated_at": ...}
+    <root>/<name>/decisions.jsonl        every promotion decision, one JSON object a line
+    <root>/<name>/decisions/v2.json      the decision about v2 (the version's gate record)
 
 * ``register`` builds a version in a hidden temp folder and renames it into place, so a version
   folder, once visible, is complete and never changes.
@@ -12,6 +14,9 @@ Layout under a root (default ``<state_dir>/models``)::
   a reader (the scorer's hot reload) sees the old pointer or the new one, never half of one, and
   the version it names is already complete. ``history`` is the stack of earlier promoted
   versions; ``rollback`` pops it.
+* ``record_decision`` appends a promotion decision (``recsys retrain``: both models' metrics
+  and the reason) to ``decisions.jsonl`` (fsync'd) and writes it as the decided version's
+  record beside, not into, its folder (a version folder never changes once visible).
 * Writers serialise on ``<root>/<name>/.lock`` (``flock``); readers take no lock.
 """
 
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 POINTER = "CURRENT.json"
+DECISIONS = "decisions.jsonl"
 MANIFEST = "manifest.json"
 # the retrieval model: registered by ``models.train_two_tower``, read by the embeddings
 # dataflow (``streams.tower_embedder``) and the scorer (``online.tower``)
@@ -245,6 +251,36 @@ class ModelRegistry:
             self.path(name, previous)
             self._set(name, previous, history)
         return self.get(name, previous)
+
+    # --- promotion decisions ------------------------------------------------------------------
+    def record_decision(self, name: str, decision: Mapping[str, Any]) -> None:
+        """Append ``decision`` (JSON-able; ``new_version`` names the version decided on) to the
+        model's ``decisions.jsonl`` and keep it as that version's record (``decision``)."""
+        line = json.dumps(dict(decision), sort_keys=True, default=str, allow_nan=False)
+        version = decision.get("new_version")
+        with self._lock(name):
+            d = self.model_dir(name)
+            with (d / DECISIONS).open("a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            if version:
+                _vnum(str(version))
+                (d / "decisions").mkdir(exist_ok=True)
+                _write_json_atomic(d / "decisions" / f"{version}.json", dict(decision))
+
+    def decisions(self, name: str) -> list[dict[str, Any]]:
+        """Every recorded decision about ``name``, oldest first."""
+        f = self.model_dir(name) / DECISIONS
+        if not f.is_file():
+            return []
+        return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def decision(self, name: str, version: str) -> dict[str, Any] | None:
+        """The latest recorded decision about ``version`` (None if none)."""
+        _vnum(version)
+        f = self.model_dir(name) / "decisions" / f"{version}.json"
+        return dict(json.loads(f.read_text())) if f.is_file() else None
 
     def _set(self, name: str, version: str, history: list[str]) -> None:
         data = {"name": name, "version": version, "history": history, "updated_at": time.time()}

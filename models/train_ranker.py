@@ -10,6 +10,17 @@ serving runtime in float and INT8, with ``predict`` latency for 500 candidates; 
 the model registry (``ranker`` = the MMoE the scorer serves, ``ranker_deepfm``,
 ``ranker_deepfm_click``).
 
+Position debiasing (``--position-debias``, default on; ``models.position_bias``, PAL): every
+head's observed log-probability in training is ``model(sparse, dense) + log examine(pos)``, a
+learned examination curve with examine(0) = 1, so the model learns "the probability if shown at
+the top" and is served without a position. Validation loss, calibration and test metrics use
+the predictions at the shown positions (top-slot · examine(pos)) against the observed labels:
+each head's calibrator is fitted on (prediction · examine(pos), label), so served at the top
+(examine = 1) it returns a top-slot probability, and AUC / log loss / ECE stay comparable with
+a model trained without debiasing. Recorded in the report (``position_debias``: the curve), the
+checkpoint's config and meta. (The serving report scores the position-free output against
+labels seen at the shown positions: the runtime has no position.)
+
 Purchase labels (``--labels``): ``final`` (the eventual truth, what keeping the latest example
 version gives once the attribution window has passed), ``naive`` (what is observed at the
 end of the training period: late purchases look negative), ``dfm`` (observed + the delay-CDF
@@ -35,7 +46,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from core.reports import write_json
 from core.terminal import progress
@@ -45,6 +56,14 @@ from models import offline_metrics as metrics
 from models.deepfm import TASKS, DeepFM, RankerConfig
 from models.distributed import Dist, device_for, init_from_env
 from models.mmoe import MMoE
+from models.position_bias import (
+    PositionAware,
+    PositionBias,
+    calibrate_and_evaluate_shown,
+    click_rate_ratio,
+    shown_predictions,
+)
+from models.position_bias import report as position_report
 from models.ranker_eval import calibrate_and_evaluate, paired_bootstrap, predict_raw
 from models.ranking_dataset import RankingData, time_split
 
@@ -71,12 +90,17 @@ class RankerTrainConfig:
     max_steps: int = 0  # stop after this many optimiser steps (0 = no limit)
     neg_ratio: float = 1.0  # keep this share of all-negative rows, weighted 1/ratio
     log_every_s: float = 15.0
+    position_debias: bool = True  # train with the shown position (models.position_bias)
+    max_positions: int = 20  # positions >= this share the last examination probability
+    position_lr: float = 0.05  # AdamW step of the examination curve (a few scalars, no decay)
 
 
 def make_model(name: str, train: RankingData, dropout: float = 0.1, seed: int = 0,
-               embed_dim: int = 8, hidden: tuple[int, ...] = (128, 64), n_experts: int = 4
-               ) -> DeepFM | MMoE:
-    """A fresh model for ``name`` with dense standardisation from the training split."""
+               embed_dim: int = 8, hidden: tuple[int, ...] = (128, 64), n_experts: int = 4,
+               position_debias: bool = False) -> DeepFM | MMoE:
+    """A fresh model for ``name`` with dense standardisation from the training split, each head
+    starting at its base rate (``position_debias``: the rate at the top position, which is
+    what a debiased head predicts)."""
     if name not in MODELS:
         raise ValueError(f"unknown ranker {name!r}; choose from {sorted(MODELS)}")
     torch.manual_seed(seed)
@@ -86,7 +110,9 @@ def make_model(name: str, train: RankingData, dropout: float = 0.1, seed: int = 
                        dense_mean=tuple(float(x) for x in mean), dense_std=tuple(float(x) for x in std))
     model = MMoE(cfg) if cfg.kind == "mmoe" else DeepFM(cfg)
     # start each head at its base rate (post-click rates for the ESMM heads)
-    rate = train.labels.astype(np.float64).mean(0).clip(1e-4, 1 - 1e-4)
+    top = train.position == 0
+    rows = top if position_debias and top.any() else slice(None)
+    rate = train.labels[rows].astype(np.float64).mean(0).clip(1e-4, 1 - 1e-4)
     if cfg.kind == "mmoe" and cfg.esmm:
         rate[1:] = (rate[1:] / rate[0]).clip(1e-4, 1 - 1e-4)
     with torch.no_grad():
@@ -102,6 +128,7 @@ class Prepared:
     y: Tensor  # [n, 3] labels used for training (TASKS order)
     w: Tensor  # [n, 3] per-task weights (0 = this row does not train this head)
     cdf: Tensor  # [n] observable fraction F(elapsed) of a purchase (dfm), else 1
+    position: Tensor  # [n] shown position (0 = top)
 
 
 def sample_negatives(y: npt.NDArray[Any], w: npt.NDArray[Any], ratio: float, seed: int
@@ -133,7 +160,7 @@ def prepare(data: RankingData, tcfg: RankerTrainConfig, device: torch.device
     def t(a: npt.NDArray[Any]) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
-    return Prepared(t(data.sparse[idx]), t(data.dense[idx]), t(y), t(w), t(cdf)), info
+    return Prepared(t(data.sparse[idx]), t(data.dense[idx]), t(y), t(w), t(cdf), t(data.position[idx])), info
 
 
 def batch_loss(logp: Tensor, b: Prepared, sel: Tensor, tasks: tuple[str, ...], mode: str) -> Tensor:
@@ -160,22 +187,33 @@ class FitResult:
     step_losses: list[float]
     train_s: float
     info: dict[str, Any]
+    position_bias: PositionBias | None = None  # the learned examination curve (debiased)
 
 
 def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcfg: RankerTrainConfig,
         device: torch.device, d: Dist | None = None, record_steps: bool = False, log: Log = _stderr
         ) -> FitResult:
-    """Adam on the training split, early stopping on the validation log loss (final labels)."""
+    """Adam on the training split, early stopping on the validation log loss (final labels).
+    ``tcfg.position_debias``: trained as ``PositionAware`` (the model's config says so); the
+    validation loss is taken at the shown positions."""
     d = d or Dist()
+    model.config = dataclasses.replace(model.config, position_debias=tcfg.position_debias)
     tasks = model.config.tasks
-    model.to(device)
+    bias = PositionBias(tcfg.max_positions) if tcfg.position_debias else None
+    if bias is not None:  # start at the observed click-rate ratios (exact for a random order)
+        bias.start_at(click_rate_ratio(train.position, train.labels[:, 0], tcfg.max_positions))
+    trained: nn.Module = model if bias is None else PositionAware(model, bias)
+    trained.to(device)
     data, info = prepare(train, tcfg, device)
-    net = d.wrap(model, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    net = d.wrap(trained, device)
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if bias is not None:
+        groups.append({"params": list(bias.parameters()), "lr": tcfg.position_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     n, bsz = data.y.shape[0], tcfg.batch_size
     n_steps = n // bsz if d.enabled else math.ceil(n / bsz)
     best, best_epoch, stale, steps = math.inf, 0, 0, 0
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = copy.deepcopy(trained.state_dict())
     history: list[dict[str, float]] = []
     step_losses: list[float] = []
     t0 = t_log = time.perf_counter()
@@ -191,7 +229,8 @@ def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcf
             done = 0
             for s in range(n_steps):
                 sel = torch.from_numpy(d.shard(perm[s * bsz : (s + 1) * bsz])).to(device)
-                loss = batch_loss(net(data.sparse[sel], data.dense[sel]), data, sel, tasks, tcfg.labels)
+                inputs = (data.sparse[sel], data.dense[sel]) + (() if bias is None else (data.position[sel],))
+                loss = batch_loss(net(*inputs), data, sel, tasks, tcfg.labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -208,7 +247,8 @@ def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcf
             row = {"epoch": float(epoch), "train_loss": d.mean(loss_sum.item() / max(done, 1))}
             score = -float(epoch)
             if valid is not None and len(valid):
-                p = predict_raw(model, valid, device)
+                p = predict_raw(model, valid, device) if bias is None else shown_predictions(
+                    model, bias, valid, device)
                 lls = {t: metrics.log_loss(valid.labels[:, TASKS.index(t)], p[:, j])
                        for j, t in enumerate(tasks)}
                 row.update({f"valid_logloss_{t}": v for t, v in lls.items()})
@@ -220,16 +260,16 @@ def fit(model: DeepFM | MMoE, train: RankingData, valid: RankingData | None, tcf
                 log(f"  epoch {epoch}: " + " ".join(f"{k} {v:.5f}" for k, v in row.items() if k != "epoch"))
             if score < best:
                 best, best_epoch, stale = score, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(trained.state_dict())
             else:
                 stale += 1
                 if stale >= tcfg.patience:
                     break
             if tcfg.max_steps and steps >= tcfg.max_steps:
                 break
-    model.load_state_dict(best_state)
-    model.eval()
-    return FitResult(best_epoch, epoch, history, step_losses, time.perf_counter() - t0, info)
+    trained.load_state_dict(best_state)
+    trained.eval()
+    return FitResult(best_epoch, epoch, history, step_losses, time.perf_counter() - t0, info, bias)
 
 
 # --- the pipeline ----------------------------------------------------------------------------
@@ -241,24 +281,32 @@ def train_one(name: str, parts: tuple[RankingData, RankingData, RankingData], tc
     train, valid, test = parts
     model = make_model(name, train, dropout=float(opts.get("dropout", 0.1)), seed=tcfg.seed,
                        embed_dim=int(opts.get("embed_dim", 8)),
-                       hidden=tuple(opts.get("hidden") or (128, 64)), n_experts=int(opts.get("experts", 4)))
+                       hidden=tuple(opts.get("hidden") or (128, 64)), n_experts=int(opts.get("experts", 4)),
+                       position_debias=tcfg.position_debias)
     log(f"{name}: training heads {model.config.tasks} on {len(train)} rows ({tcfg.labels} labels)")
     res = fit(model, train, valid, tcfg, device, d, log=log)
     if not d.is_main:
         return {}
-    cals, heads, curves = calibrate_and_evaluate(model, valid, test, device, tcfg.calibration)
-    preds[name] = predict_raw(model, test, device)
+    bias = res.position_bias
+    if bias is None:
+        cals, heads, curves = calibrate_and_evaluate(model, valid, test, device, tcfg.calibration)
+        preds[name] = predict_raw(model, test, device)
+    else:  # calibrated and evaluated at the shown positions (the module docstring says why)
+        cals, heads, curves = calibrate_and_evaluate_shown(model, bias, valid, test, device, tcfg.calibration)
+        preds[name] = shown_predictions(model, bias, test, device)
+    debias = position_report(bias, train.position)
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     from models.ranker_runtime import save_checkpoint, serving_report
 
     version = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-s{tcfg.seed}"
     path = save_checkpoint(folder / "model.pt", model.cpu(), cals, version,
-                           meta={"quantize": bool(opts.get("quantize")), "labels": tcfg.labels})
+                           meta={"quantize": bool(opts.get("quantize")), "labels": tcfg.labels,
+                                 "examination": debias.get("examination")})
     model.to(device)
     out = {"model": name, "version": version, "tasks": list(model.config.tasks), "test": heads,
            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_s": round(res.train_s, 1),
-           "history": res.history, "label_info": res.info,
+           "history": res.history, "label_info": res.info, "position_debias": debias,
            "params": sum(p.numel() for p in model.parameters()),
            "serving": serving_report(path, test.sparse, test.dense, test.labels,
                                      list(opts.get("features") or [])),
@@ -295,7 +343,8 @@ def run(settings: Any, args: argparse.Namespace, load_data: DataLoader, log: Log
                            weight_decay=args.weight_decay, patience=args.patience,
                            seed=args.seed, labels=args.labels, calibration=args.calibration,
                            window_ms=int(settings.purchase_window_s * 1000),
-                           neg_ratio=getattr(args, "neg_ratio", 1.0))
+                           neg_ratio=getattr(args, "neg_ratio", 1.0),
+                           position_debias=getattr(args, "position_debias", True))
         out_dir = Path(args.artifacts or Path(settings.state_dir) / "rankers")
         opts = {"quantize": args.quantize, "embed_dim": args.embed_dim, "dropout": args.ranker_dropout,
                 "hidden": [int(h) for h in args.hidden.split(",")], "experts": args.experts,

@@ -38,7 +38,8 @@ from online.id_index import IdIndex
 # column name -> dtype; "category" / "brand" are Python strings (object arrays)
 COLUMNS: dict[str, type | str] = {
     "category": object, "brand": object, "price": np.float64, "views": np.float64,
-    "ctr": np.float64, "cvr": np.float64, "active": np.bool_,
+    "ctr": np.float64, "cvr": np.float64, "active": np.bool_, "rating": np.float64,
+    "first_ms": np.float64,
     "h_item_id": np.int64, "h_category": np.int64, "h_brand": np.int64,
     "cat_t": np.float64, "stats_t": np.float64,  # when each part was read (monotonic s)
     "inval_t": np.float64,  # when the row was last invalidated (monotonic s)
@@ -172,7 +173,8 @@ class ItemTable:
             category=cols["category"][rows].tolist(), brand=cols["brand"][rows].tolist(),
             price=cols["price"][rows], views=cols["views"][rows], ctr=cols["ctr"][rows],
             cvr=cols["cvr"][rows], active=cols["active"][rows],
-            hashes={n: cols[f"h_{n}"][rows] for n in PER_ITEM_SPARSE})
+            hashes={n: cols[f"h_{n}"][rows] for n in PER_ITEM_SPARSE},
+            rating=cols["rating"][rows], first_ms=cols["first_ms"][rows])
 
     def used_since(self, ids: Sequence[str], t: float) -> list[str]:
         """Those of ``ids`` (held, each once, in order) whose rows were used at ``t`` or later."""

@@ -4,7 +4,7 @@ A source that fails or has nothing is skipped (counted per source); only losing 
 itself sends a request to the fallback list. Each source returns ``[(item_id, score)]`` best
 first; ``online.candidates.merge_candidates`` merges them in priority order, de-duplicated and
 tagged with every source that proposed each item, giving each source a share of the
-candidates in proportion to the items it brings (the quotas below offer 650 rows for 500
+candidates in proportion to the items it brings (the quotas below offer 670 rows for 500
 candidates). A source that reads shared lists from the store names them (``lists``) so that
 ``retrieve`` can have the store read every list the request misses in one round trip before
 the sources run.
@@ -104,6 +104,24 @@ class SessionAnnSource:
             return []
         metrics.child(metrics.ANN_QUERIES, "item2vec").inc()
         return list(idx.query(pooled, self.quota, exclude=set(recent)))
+
+    def lists(self, q: Query) -> list[ListRef]:
+        return []
+
+
+@dataclass
+class HistorySource:
+    """The items the user touched lately (``features.user_features`` recent list, newest first;
+    the current session's are excluded by the merge): "continue shopping". No I/O: the list
+    comes with the user's features."""
+
+    quota: int = 20
+    decay: float = 0.85
+    name: str = "history"
+
+    def fetch(self, q: Query) -> Rows:
+        recent = (q.state.features or {}).get("recent") or []
+        return [(str(i), self.decay ** r) for r, i in enumerate(recent[: self.quota])]
 
     def lists(self, q: Query) -> list[ListRef]:
         return []

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.settings import Settings
 from features.ranking_features import COL, FeatureBatch, ItemColumns, assemble_columns
+from features.taste import history_items, taste_similarity
 from online import candidates as S
 from online import retrieval as R
 from online import scorer_metrics as metrics
@@ -56,10 +57,25 @@ class DeadlineExceeded(Exception):
     pass
 
 
-def assign_arm(user_id: str, experiment: str, arms: tuple[str, ...]) -> str:
-    """Deterministic A/B bucketing: the same user always lands in the same arm."""
+def assign_arm(user_id: str, experiment: str, arms: tuple[str, ...],
+               weights: tuple[float, ...] = ()) -> str:
+    """Deterministic A/B bucketing: the same user always lands in the same arm. The 64-bit hash
+    of ``experiment:user_id``, read as a point in [0, 1), falls into the arm whose slice of the
+    cumulative ``weights`` (relative shares in ``arms`` order; empty: equal) holds it. Changing
+    the weights moves only the users between an old and a new slice boundary (ramping a last-arm
+    challenger from 5% to 10% moves users into it, none out)."""
+    if len(arms) == 1:
+        return arms[0]
+    if weights and len(weights) != len(arms):
+        raise ValueError(f"{len(weights)} weights for {len(arms)} arms")
     h = int.from_bytes(hashlib.blake2b(f"{experiment}:{user_id}".encode(), digest_size=8).digest(), "big")
-    return arms[h % len(arms)]
+    shares = weights or (1.0,) * len(arms)
+    point, edge = h / 2.0**64 * sum(shares), 0.0
+    for arm, w in zip(arms, shares, strict=True):
+        edge += w
+        if point < edge:
+            return arm
+    return arms[-1]  # point == the total, by rounding
 
 
 def validate_request(req: recommend_pb2.RecommendRequest, s: Settings) -> tuple[int, str]:
@@ -136,9 +152,10 @@ class RecommendServicer:
         self._rng_lock = threading.Lock()
         self.served_by = f"{socket.gethostname()}:{os.getpid()}"  # this process, in responses
         ann = ann_index if callable(ann_index) else (lambda: ann_index)
+        self._ann: Callable[[], Any] = ann  # the item2vec replica: retrieval and the taste feature
         self.sources: list[R.Source] = [
             R.CovisitSource(store), R.SessionAnnSource(ann, tower=tower or (lambda: None)),
-            R.TrendingSource(store),
+            R.HistorySource(), R.TrendingSource(store),
             R.NewItemsSource(store), R.PopularSource(store),
             R.TopSellersSource(lambda: self.fallback.items),
         ]
@@ -159,7 +176,7 @@ class RecommendServicer:
         k, surface = validate_request(request, self.s)
         now_ms = event_time_ms(context, self.s)
         request_id = request.request_id or uuid.uuid4().hex
-        arm = assign_arm(request.user_id, self.s.ab_experiment, self.s.ab_arms)
+        arm = assign_arm(request.user_id, self.s.ab_experiment, self.s.ab_arms, self.s.ab_weights)
         degraded, reason, version = False, "", "fallback"
         explained: list[Explained] | None = [] if request.explain else None
         try:
@@ -249,11 +266,13 @@ class RecommendServicer:
         items = cols.head(len(ids))
         affinity = S.category_affinity(last, dict(zip(last, cols.category[len(ids):], strict=True)))
         ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
+        history = history_items(last, (state.features or {}).get("recent") or ())
         batch = assemble_columns(
             item_ids=ids, items=items, retrieval=cands.retrieval(),
             user_features=state.features, session_affinity=affinity,
             last_viewed=frozenset(last), context=ctx, now_ms=now_ms,
-            half_life_s=self.s.popularity_half_life_s)
+            half_life_s=self.s.popularity_half_life_s, session=state.session,
+            taste_sim=taste_similarity(ids, history, self._ann()))
         return batch, items
 
     def _rerank(self, cands: S.Candidates, batch: FeatureBatch, items: ItemColumns,

@@ -94,6 +94,13 @@ def plot_results(results: Sequence[LoadResult], path: str | Path, title: str = "
     right.set_title("latency by percentile (from the scheduled send time)")
     right.legend()
     fig.suptitle(title or f"{first.target} @ {first.address}, open loop")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (100 dpi, folders made) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -317,12 +317,14 @@ class Shop:
         expected = 0.0
         events: list[tuple[float, Any]] = []
         outcomes: list[tuple[int, bool]] = []
+        ages: list[int] = []  # per entry of outcomes: the item's age (sim ms) at this impression
         for pos, item in shown:
             if item is None:
                 continue
             p = self.w.p_click(user, item, pos, t)
             retired += int(not item.active)
             expected += p
+            ages.append(t - item.born_ms)
             if user.bot:
                 p = self.cfg.behaviour.bot_click_rate
             if s.rng.random() >= p:
@@ -364,6 +366,9 @@ class Shop:
                 st.served_clicks += clicks
                 SHOWN.labels(served.arm).inc(n)
                 CLICKS.labels(served.arm).inc(clicks)
+            if not user.bot:  # the learning curve counts warm-up lists too (flagged)
+                st.hour(served.arm, (t - self.clock.start_ms) // HOUR_MS, user.user_id, n, clicks,
+                        expected, warmup=not counted)
             if counted:
                 a = st.arm(served.arm)
                 a.requests += 1
@@ -385,6 +390,7 @@ class Shop:
                     by_src[1] += hit
                 a.degraded += int(served.degraded)
                 a.retired_shown += retired
+                a.add_new_items(ages, outcomes)
                 cell = a.per_user.setdefault(user.user_id, [0, 0])
                 cell[0] += n
                 cell[1] += clicks

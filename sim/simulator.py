@@ -166,6 +166,7 @@ class Simulator:
             rep = shop.stats.report()
             pending = shop.pending_purchases
         now = self.finished_ms or clock.now_ms()
+        rep["learning_curve"].update(start_ms=clock.start_ms, end_ms=now, warmup_s=self.cfg.run.warmup_s)
         return {
             **rep,
             "sim_hours": (now - clock.start_ms) / 3_600_000, "sim_start_ms": clock.start_ms,

@@ -13,9 +13,14 @@ from the live loop (``sim.simulator``):
   state from the builder's image (msgpack values, ``proto.keys.Keys``, ``proto.codecs``),
   retrieves candidates with the scorer's own functions (``online.candidates``: co-visitation of the
   last-5 viewed, trending in the user's top two categories, popular, top sellers; merged,
-  de-duplicated, purchased items excluded), shows ``k`` of them in uniformly random order
-  (uniform exploration: position is independent of the features), assembles their features
-  with ``features.ranking_features.assemble_batch`` and logs the impression (item CTR counts).
+  de-duplicated, purchased items excluded), picks ``k`` of them uniformly at random,
+  assembles their features with ``features.ranking_features.assemble_batch``, shows them in
+  the order ``TrainingSetConfig.shown_order`` says and logs the impression (item CTR counts).
+  ``"random"`` (default): uniformly random order (uniform exploration: position is
+  independent of the features). ``"ranked"``: a logging policy, the scorer's cold-start
+  ``online.ranking.HeuristicRanker`` logit on the logged features plus Gaussian noise
+  (``shown_noise``), highest first: position is confounded with the features, as in logs of a
+  deployed ranker (what position debiasing, ``models.position_bias``, is for).
 
 Because the shop emits everything due before a visit before calling the recommender, the
 state read at an impression is the state as of that moment (point in time), never later.
@@ -43,15 +48,20 @@ from core.settings import Settings
 from features.events import TYPE_NAMES
 from features.offline_builder import OfflineBuilder
 from features.ranking_features import DENSE, SPARSE, assemble_batch, item_row
+from features.taste import history_items, taste_similarity
 from models.deepfm import FeatureHasher
 from models.ranking_dataset import DAY_MS, LABELS, RankingData
 from online.candidates import category_affinity, combine_related, merge_candidates
+from online.ranking import HeuristicRanker
 from proto import codecs, events_pb2
 from proto.keys import Keys
 from sim.clock import VirtualClock
 from sim.config import WorldConfig, load_config
+from sim.session_vectors import SessionVectors
 from sim.shop import Served, Shop, context, item_upsert, user_profile
 from sim.world import User, World
+
+SHOWN_ORDERS = ("random", "ranked")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,13 @@ class TrainingSetConfig:
     start_ms: int = 1_700_000_000_000
     click_window_s: float = 30 * 60.0  # attribution (label join defaults)
     purchase_window_s: float = 7 * 86400.0
+    shown_order: str = "random"  # "random" | "ranked" (a logging policy; see the module docstring)
+    shown_noise: float = 1.0  # "ranked": sd of the noise added to the policy's logit
+    taste_vectors: bool = True  # learn item2vec from the views (sim.session_vectors): taste feature
+
+    def __post_init__(self) -> None:
+        if self.shown_order not in SHOWN_ORDERS:
+            raise ValueError(f"shown_order must be one of {SHOWN_ORDERS}, got {self.shown_order!r}")
 
 
 def _top(z: dict[str, float] | None, n: int) -> list[tuple[str, float]]:
@@ -96,6 +113,7 @@ class _Builder:
         self.labels: list[list[float]] = []
         self.delay: list[int] = []
         self.served: dict[tuple[str, str], int] = {}  # (request_id, item) -> row
+        self.vectors = SessionVectors(settings.embedding_dim) if cfg.taste_vectors else None
 
     # --- Sink ---------------------------------------------------------------------------------
     def _feed(self, topic: str, value: bytes) -> None:
@@ -109,6 +127,8 @@ class _Builder:
         self._feed("clickstream", value)
         ev = events_pb2.Event()
         ev.ParseFromString(value)
+        if self.vectors is not None and ev.type == events_pb2.VIEW:
+            self.vectors.observe(ev.user_id, ev.item_id)
         col = LABELS.get(TYPE_NAMES.get(ev.type, ""), -1)
         row = self.served.get((ev.request_id, ev.item_id)) if ev.request_id and col >= 0 else None
         if row is None:
@@ -152,6 +172,7 @@ class _Builder:
         trending = [r for c in top_cats for r in self.global_list(kk.trending(c), 30, t)]
         sources = [
             ("covisit", combine_related([_top(img.zsets.get(kk.covisit(i)), 50) for i in last])[:100]),
+            ("history", [(str(i), 0.85 ** r) for r, i in enumerate((uf.get("recent") or [])[:20])]),
             ("trending", sorted(trending, key=lambda kv: -kv[1])),
             ("popular", self.global_list(kk.popular(), 100, t)),
             ("top_sellers", self.global_list(kk.top_sellers(), 50, t)),
@@ -177,7 +198,12 @@ class _Builder:
             item_ids=chosen.item_ids, catalogs=rows,
             item_stats=[codecs.decode(img.strings.get(kk.item_features(i))) for i in chosen.item_ids],
             retrievals=chosen.retrieval(), user_features=uf, session_affinity=aff,
-            last_viewed=frozenset(last), context=ctx, now_ms=t, half_life_s=self.s.popularity_half_life_s)
+            last_viewed=frozenset(last), context=ctx, now_ms=t, half_life_s=self.s.popularity_half_life_s,
+            session=sess, taste_sim=taste_similarity(
+                chosen.item_ids, history_items(last, uf.get("recent") or ()), self.vectors))
+        if self.cfg.shown_order == "ranked" and feats:
+            order = self._logging_order(feats)
+            chosen, feats = chosen.take(order), [feats[j] for j in order]
         for pos, item in enumerate(chosen.item_ids):
             imp.items.append(events_pb2.ServedItem(item_id=item, position=pos, sources=chosen.sources_of(pos),
                                                    propensity=len(picked) / max(len(cands), 1)))
@@ -185,6 +211,13 @@ class _Builder:
         if t >= self.record_from and feats:
             self._record(rid, user, t, chosen.item_ids, feats)
         return Served(rid, chosen.item_ids, "explore")
+
+    def _logging_order(self, feats: list[dict[str, Any]]) -> list[int]:
+        """``shown_order="ranked"``: the shown items by the cold-start heuristic's logit on their
+        logged features + N(0, shown_noise), highest first (indices into ``feats``)."""
+        p = HeuristicRanker().predict(feats)[:, 0].clip(1e-9, 1 - 1e-9)  # [k] p_click
+        score = np.log(p / (1 - p)) + self.rng.normal(0.0, self.cfg.shown_noise, len(feats))  # [k]
+        return np.argsort(-score, kind="stable").tolist()
 
     def _record(self, rid: str, user: User, t: int, picked: list[str], feats: list[dict[str, Any]]) -> None:
         r = self.rows

@@ -256,3 +256,24 @@ def test_bench_small_scale_reports_keys_and_recall(tmp_path: Path) -> None:
     assert 0 < got["query_p50_us"] <= got["query_p99_us"]
     assert got["build_s"] > 0 and got["updates_per_s"] > 0
     assert 32 * 4 < got["index_file_bytes_per_item"] < 1024
+
+
+def test_get_vectors_match_the_index_after_updates_deletes_and_a_reload(tmp_path):
+    rng = np.random.default_rng(5)
+    idx = AnnIndex(8, capacity=16)
+    ids = [f"i{j}" for j in range(40)]  # grows the index and its vector copy
+    idx.upsert(ids, rng.normal(size=(40, 8)))
+    idx.upsert(["i3", "i7"], rng.normal(size=(2, 8)))  # in-place updates
+    idx.delete(["i5"])
+    ask = ["i3", "nope", "i5", "i7", "i39"]
+
+    def from_hnswlib(index: AnnIndex, items: list[str]) -> np.ndarray:
+        return np.asarray(index._index.get_items([index._label_of[i] for i in items]), dtype=np.float32)
+
+    found, vecs = idx.get_vectors(ask)
+    assert found == [0, 3, 4]
+    np.testing.assert_array_equal(vecs, from_hnswlib(idx, ["i3", "i7", "i39"]))
+    again = AnnIndex.load(idx.save(tmp_path / "snap"))
+    found2, vecs2 = again.get_vectors(ask)
+    assert found2 == found
+    np.testing.assert_array_equal(vecs2, vecs)

@@ -208,3 +208,23 @@ def test_reliability_curve_and_summary():
     assert np.max(np.abs(mp - rate)) < 0.03  # the truth is calibrated
     s = C.summary(y, p_true)
     assert s["ratio"] == pytest.approx(1.0, abs=0.05) and s["ece"] < 0.01
+
+
+def test_platt_fit_examined_recovers_the_top_slot_map_of_a_debiased_model():
+    """Labels observed at positions examined with 1/log2(pos+2); the model's top-slot score is
+    a known monotone distortion of the true top-slot probability. ``fit_examined`` recovers
+    the map (slope 2, intercept -1.4 here), so calibrated · examine is calibrated where shown;
+    Platt fitted on score · examine and applied to the score is not."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    z = rng.normal(-3.0, 1.0, n)  # true top-slot logit
+    examine = 1.0 / np.log2(rng.integers(0, 10, n) + 2.0)
+    y = (rng.random(n) < examine / (1.0 + np.exp(-z))).astype(np.float64)
+    score = 1.0 / (1.0 + np.exp(-(0.5 * z + 0.7)))  # z = 2·logit(score) - 1.4
+    fitted = C.Platt.fit_examined(score, y, examine)
+    assert abs(fitted.a - 2.0) < 0.1 and abs(fitted.b + 1.4) < 0.2
+    assert ece(y, fitted.predict(score) * examine) < 0.002
+    product = C.Platt.fit(np.clip(score * examine, 1e-6, 1 - 1e-6), y)
+    assert ece(y, product.predict(score) * examine) > 5 * ece(y, fitted.predict(score) * examine)
+    with pytest.raises(ValueError, match="as many"):
+        C.Platt.fit_examined(score[:5], y[:4], examine[:5])

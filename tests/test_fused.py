@@ -39,7 +39,8 @@ def test_fused_equals_training_module(experts, esmm, standardise):
         with torch.inference_mode():
             want, got = m(sparse, dense), fused(sparse, dense)
         assert got.shape == (b, 3)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # float32, summed in another order: relative error grows with the 24 dense fields
+        torch.testing.assert_close(got, want, rtol=5e-5, atol=1e-5)
 
 
 def test_bf16_form_stays_close_to_float():

@@ -104,7 +104,9 @@ def test_simulated_rows_use_point_in_time_state(sim):
     assert np.all(np.diff(data.times) >= 0)
     s = Settings()
     keys = Keys(s.redis_prefix)
-    state_cols = [DENSE.index(n) for n in DENSE if n not in ("covisit", "popular", "n_sources")]
+    # retrieval scores and the taste similarity (from item vectors) are not state
+    state_cols = [DENSE.index(n) for n in DENSE
+                  if n not in ("covisit", "popular", "n_sources", "taste_sim", "taste_known")]
     requests = np.unique(data.request)
     diverged = 0
     for req in requests[[len(requests) // 3, -2]]:
@@ -127,7 +129,7 @@ def test_simulated_rows_use_point_in_time_state(sim):
                              item_stats=codecs.decode(img.strings.get(keys.item_features(item))),
                              user_features=uf, session_affinity=category_affinity(last, cats),
                              last_viewed=frozenset(last), retrieval={}, context={}, now_ms=t,
-                             half_life_s=s.popularity_half_life_s)
+                             half_life_s=s.popularity_half_life_s, session=sess)
                 dn = encode_features([f])[1][0, state_cols]
                 same = np.allclose(dn, data.dense[r, state_cols], rtol=1e-5, atol=1e-6)
                 if cut is not None:

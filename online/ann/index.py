@@ -156,6 +156,9 @@ class AnnIndex:
         self._label_of: dict[str, int] = {}
         self._id_of: list[str | None] = []  # label -> id (labels are never reused; None: deleted)
         self._next_label = 0
+        # a copy of every vector by label (labels are never reused; rows of deleted items stay):
+        # get_vectors gathers 500 rows in ~20 us where hnswlib's get_items takes ~2 ms
+        self._vecs = np.zeros((0, dim), dtype=np.float32)
         self.last_seq: str | None = None  # last changelog entry applied (set by the follower)
         self.newest_update_ms: int | None = None  # newest update time applied
 
@@ -194,7 +197,7 @@ class AnnIndex:
             found = [(j, lb) for j, i in enumerate(item_ids) if (lb := self._label_of.get(i)) is not None]
             if not found:
                 return [], np.zeros((0, self.dim), dtype=np.float32)
-            vecs = np.asarray(self._index.get_items([lb for _, lb in found]), dtype=np.float32)
+            vecs = self._vecs[np.fromiter((lb for _, lb in found), np.int64, len(found))]  # [m, dim]
         return [j for j, _ in found], vecs
 
     def get_vector(self, item_id: str) -> npt.NDArray[np.float32] | None:
@@ -233,15 +236,26 @@ class AnnIndex:
         if old:  # in-place update of live items (never replace_deleted: see module doc)
             labels = np.array([self._label_of[ids[i]] for i in old], dtype=np.uint64)
             self._index.add_items(vecs[old], labels, num_threads=threads)
+            self._mirror(labels, vecs[old])
         if not new:
             return
         self._ensure_capacity(len(new))
         labels = np.arange(self._next_label, self._next_label + len(new), dtype=np.uint64)
         self._index.add_items(vecs[new], labels, num_threads=threads, replace_deleted=True)
+        self._mirror(labels, vecs[new])
         for i, label in zip(new, labels.tolist(), strict=True):
             self._label_of[ids[i]] = label
         self._id_of.extend(ids[i] for i in new)
         self._next_label += len(new)
+
+    def _mirror(self, labels: npt.NDArray[np.uint64], vecs: npt.NDArray[np.float32]) -> None:
+        """Copy vectors into ``_vecs`` by label (exclusive lock held), growing it by doubling."""
+        need = int(labels.max()) + 1
+        if need > len(self._vecs):
+            grown = np.zeros((max(need, 2 * len(self._vecs), 1024), self.dim), dtype=np.float32)
+            grown[: len(self._vecs)] = self._vecs
+            self._vecs = grown
+        self._vecs[labels.astype(np.int64)] = vecs
 
     def _ensure_capacity(self, n_new: int) -> None:
         """Resize (exclusive lock held) if the new items do not fit in free + deleted slots."""
@@ -361,6 +375,11 @@ class AnnIndex:
         idx._id_of = [None] * idx._next_label
         for item, label in idx._label_of.items():
             idx._id_of[label] = item
+        if idx._label_of:
+            labels = np.fromiter(idx._label_of.values(), np.uint64, len(idx._label_of))
+            for start in range(0, len(labels), 65536):  # the vector copy, from the index file
+                part = labels[start : start + 65536]
+                idx._mirror(part, np.asarray(raw.get_items(part), dtype=np.float32))
         idx.last_seq = meta["last_seq"]
         idx.newest_update_ms = meta["newest_update_ms"]
         if idx.deleted_slots < 0:

@@ -22,6 +22,7 @@ from core.settings import SettingsError, load_settings  # noqa: E402
 
 # subcommand -> module (under recsys.cli); the one table of what `recsys` can do
 COMMANDS: dict[str, str] = {
+    "ab": "recsys.cli.ab",
     "bench": "recsys.cli.bench",
     "broker": "recsys.cli.broker",
     "lag": "recsys.cli.lag",

@@ -51,6 +51,8 @@ def add_ranker_arguments(p: argparse.ArgumentParser, standalone: bool = False) -
     g.add_argument("--calibration", choices=("auto", "platt", "isotonic", "none"), default=d.calibration)
     g.add_argument("--neg-ratio", type=float, default=d.neg_ratio,
                    help="keep this share of all-negative rows, weighted 1/ratio (importance weights)")
+    g.add_argument("--position-debias", action=argparse.BooleanOptionalAction, default=d.position_debias,
+                   help="train with the shown position (PAL, models.position_bias); serve position-free")
     g.add_argument("--sim-days", type=float, default=s.days, help="simulated days (2 of warm-up)")
     g.add_argument("--sim-rate", type=float, default=s.sessions_per_h, help="shopper sessions per sim hour")
     g.add_argument("--world", metavar="TOML", help="world file (as `recsys sim --world`)")

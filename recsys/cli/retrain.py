@@ -1,41 +1,74 @@
-"""Retrain the served ranker from the training-examples topic; promote only when it is better.
+"""Retrain the served ranker from the training-examples topic; promote only what the gate passes.
 
-Each round: read every training example (latest version per example), train an MMoE into the
-registry (not promoted), score the NEW and the CURRENT model on the same newest time slice
-(never random), and promote the new version only if its mean head AUC beats the current one.
-The scorer hot-reloads the promoted version. `recsys up` runs this every `retrain_interval_s`.
+Each round:
+
+1. Read every training example (latest version per example), leaving out the rows the scorer
+   did not rank: degraded responses and fallback padding (``models.training_examples``,
+   counted under ``training.dropped``).
+2. Train an MMoE into the registry (not promoted). Purchase labels: the latest version of an
+   example is what the label join has seen SO FAR, so recent impressions whose purchase is
+   still to come look negative (the naive label, biased down). The purchase head is trained
+   with ``--labels dfm`` (``models.delayed_feedback``, Chapelle 2014): the observed label is
+   Bernoulli(p·F(elapsed)) with the delay CDF F fitted on matured impressions, which corrects
+   a snapshot of the stream for the purchases not arrived yet. Where F cannot be fitted
+   (fewer than 20 matured purchases) it falls back to ``--labels fnw`` (fake-negative
+   weighting, Ktena et al. 2019): no delay model needed, but it assumes every purchase has
+   arrived as a correction, so on a snapshot it stays biased down by those that have not.
+   Elapsed time is event time (cut-off minus impression time, as ``purchase_delay_ms``); the
+   example's ``elapsed_ms`` is processing time and is not used.
+3. Score the NEW and the SERVED model (the promoted version, or the heuristic ranker the scorer
+   serves before any) on the newest time slice (the trainer's test split, never random) and
+   apply the gate of ``models.promotion``: promote iff NDCG@k of the served lists re-ranked by
+   the new model's value beats the served model's (graded click 1 / cart 2 / purchase 3), and
+   every head of the new model has ECE < max (0.02), taken on prediction · examine(position)
+   for a position-debiased model (the curve in its checkpoint's ``examination``) and, for the
+   purchase head, also · F(elapsed) (the newest slice's purchase labels are incomplete).
+   NDCG is taken on the slates of the arms no ranker under test orders (popular, random) when
+   the slice has at least ``MIN_INDEPENDENT_REQUESTS`` of them with a positive: the served
+   model's own slates (its items, its order) favour it; otherwise on every slate.
+4. Informational: a SNIPS estimate (bootstrap 95% interval) of the click rate on the explored
+   slots if the new model chose the explored items (``models.promotion.explored_slot_target``).
+5. Write the decision (both models' NDCG, CI, per-head ECE and AUC, the reason, slice sizes,
+   time) to the registry (``ModelRegistry.record_decision``) BEFORE promoting, so a promoted
+   version always has its record; print it as one JSON line. The scorer hot-reloads.
+
+`recsys up` runs this every `retrain_interval_s`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from core.settings import Settings
 from core.signals import stop_on_signals
 
-HELP = "retrain the ranker from training examples; promote only if it beats the current one"
+if TYPE_CHECKING:
+    from models.promotion import PromotionPolicy, Scored
+
+HELP = "retrain the ranker from training examples; promote only if it passes the promotion gate"
+NEW_MODEL = "mmoe"  # the trainer's name for the ranker the scorer serves
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from models.promotion import PromotionPolicy
+
+    d = PromotionPolicy()
     p.add_argument("--every", type=float, default=None, help="seconds between rounds (default: "
                    "retrain_interval_s); 0 = one round")
     p.add_argument("--min-examples", type=int, default=None, help="skip a round with fewer")
     p.add_argument("--epochs", type=int, default=3)
-
-
-def mean_auc(labels: Any, probs: Any) -> float:
-    """Mean AUC over the heads whose labels have both classes in the slice (NaN if none)."""
-    from models import offline_metrics as metrics
-
-    aucs = [metrics.auc(labels[:, c], probs[:, c]) for c in range(labels.shape[1])
-            if 0 < labels[:, c].sum() < len(labels) and not math.isnan(float(probs[0, c]))]
-    return float(sum(aucs) / len(aucs)) if aucs else math.nan
+    p.add_argument("--ndcg-k", type=int, default=d.k, help="the gate's NDCG@k")
+    p.add_argument("--max-ece", type=float, default=d.max_ece,
+                   help="per-head ECE the new model must stay under")
+    p.add_argument("--min-gain", type=float, default=d.min_gain, help="NDCG margin over the served model")
+    p.add_argument("--require-ci", action="store_true", help="the NDCG gain's 95%% CI must exclude 0")
 
 
 def heuristic_predictions(dense: Any) -> Any:
@@ -47,57 +80,186 @@ def heuristic_predictions(dense: Any) -> Any:
     return HeuristicRanker().predict(rows)
 
 
-def round_once(settings: Settings, epochs: int, min_examples: int) -> dict[str, Any]:
+def examination(ranker: Any, position: Any) -> Any:
+    """examine(position) [n] of a position-debiased ranker (its checkpoint meta's learned
+    ``examination`` curve; positions past it share its last value), None for any other."""
+    curve = (getattr(ranker, "meta", None) or {}).get("examination")
+    if not curve:
+        return None
+    c = np.asarray(curve, dtype=np.float64)
+    return c[np.clip(np.asarray(position), 0, c.size - 1)]
+
+
+def scored(settings: Settings, probs: Any, dense: Any, examine: Any = None) -> Scored:
+    """``models.promotion.Scored``: the scorer's value of each row (``online.ranking.value_scores``)."""
+    from features.ranking_features import COL
+    from models.promotion import Scored
+    from online.ranking import value_scores
+
+    price = np.expm1(dense[:, COL["log_price"]].astype(np.float64))  # log_price = log1p(price)
+    value = value_scores(np.nan_to_num(probs), price, settings.value_revenue_weight,
+                         settings.value_click_weight)
+    return Scored(value=value, probs=probs, examine=examine)
+
+
+def purchase_labels(train: Any, window_ms: int) -> tuple[str, str]:
+    """The trainer's ``--labels`` for this round and why (the module docstring, step 2)."""
+    from models import delayed_feedback as DF
+
+    try:
+        DF.training_labels(train.labels, train.times, train.purchase_delay_ms, "dfm", window_ms)
+    except ValueError as exc:
+        return "fnw", f"no delay CDF to fit ({exc}); fake-negative weighting instead"
+    return "dfm", "delayed-feedback likelihood with the delay CDF of matured impressions"
+
+
+def purchase_observable(data: Any, test: Any, window_ms: int) -> tuple[Any, str]:
+    """F(elapsed) of the slice's rows (share of their purchases already observable), or None."""
+    from models import delayed_feedback as DF
+
+    y = data.labels[:, 2] > 0
+    now = int(max(data.times.max(), (data.times + data.purchase_delay_ms)[y].max() if y.any() else 0))
+    mature = min(window_ms, (now - int(data.times.min())) // 2)
+    try:
+        cdf = DF.DelayCDF.from_matured(data.times, y, data.purchase_delay_ms, now, mature)
+    except ValueError as exc:
+        return None, f"purchase ECE against the labels seen so far ({exc})"
+    f = cdf(now - test.times)
+    return f, f"purchase ECE on p x F(elapsed), mean F {float(f.mean()):.3f}"
+
+
+def explored_click_rate(test: Any, logged: Any, p_click: Any, epsilon: float, n_boot: int,
+                        seed: int) -> dict[str, Any]:
+    """SNIPS estimate of the click rate on the explored slots under "explore in proportion to
+    the new model's p_click" (the logging policy explores uniformly: ``online.rerank``).
+    Explored rows: logged propensity in (0, 1 - epsilon) (exploit items of a reserved slot
+    have 1 - epsilon, other positions 1; ambiguous for epsilon >= 0.5)."""
+    from models import promotion as P
+
+    mu = logged.propensity
+    explored = (mu > 0) & (mu < 1.0 - epsilon - 1e-9)
+    out: dict[str, Any] = {"policy": "explore in proportion to the new model's p_click",
+                           "epsilon": epsilon, "explored_rows": int(explored.sum())}
+    if not explored.any():
+        out["note"] = "no explored rows with a logged propensity in the slice"
+        return out
+    clicks = (test.labels[explored, 0] > 0).astype(np.float64)
+    target = P.explored_slot_target(np.nan_to_num(p_click[explored]), mu[explored], epsilon)
+    out["snips"] = P.snips(clicks, target, mu[explored], test.request[explored], n_boot, seed)
+    out["logging_click_rate"] = float(clicks.mean())  # the uniform explorer's, for comparison
+    return out
+
+
+MIN_INDEPENDENT_REQUESTS = 50  # slates with a positive the gate needs before it uses them alone
+
+
+def independent_slates(test: Any, logged: Any) -> tuple[Any, str]:
+    """Rows whose slates no ranker under test ordered (A/B arms other than model and heuristic:
+    popular, random), when there are enough of them: on those, neither model's NDCG is
+    inflated by having chosen and ordered what was logged (the served model's own slates
+    favour it: ``models.promotion``). Else every row (None)."""
+    other = ~np.isin(logged.arm, ["model", "heuristic"])
+    positive = np.unique(test.request[other & (test.labels.max(axis=1) > 0)])
+    if positive.size >= MIN_INDEPENDENT_REQUESTS:
+        return other, (f"NDCG on the {positive.size} slates with a positive from arms the served "
+                       f"model does not order ({', '.join(sorted(set(logged.arm[other].tolist())))})")
+    return None, (f"NDCG on every slate (only {positive.size} slates with a positive from other "
+                  f"arms, < {MIN_INDEPENDENT_REQUESTS})")
+
+
+def round_once(settings: Settings, epochs: int, min_examples: int,
+               policy: PromotionPolicy | None = None) -> dict[str, Any]:
+    from models import promotion as P
     from models.ranker_runtime import load_ranker
     from models.ranking_dataset import time_split
     from models.registry import ModelRegistry, default_root
     from models.train_ranker import run
-    from models.training_examples import consume_training_examples, load_training_examples
+    from models.training_examples import consume_training_examples, load_logged_examples
     from recsys.cli.ranker_options import add_ranker_arguments
 
+    policy = policy or P.PromotionPolicy()
     records = consume_training_examples(settings)
     if len(records) < min_examples:
         return {"action": "skip", "reason": f"{len(records)} examples < {min_examples}"}
-    data = load_training_examples(records)
-    _tr, _va, te = time_split(data.times, 0.15, 0.15)
-    test = data.take(te)
+    data, logged = load_logged_examples(records, drop_fallback=True)
+    dropped = data.meta["dropped"]
+    if len(data) < min_examples:
+        return {"action": "skip", "reason": f"{len(data)} examples < {min_examples} after dropping "
+                f"{dropped}"}
+    tr, _va, te = time_split(data.times, 0.15, 0.15)  # the trainer's split: te is its test part
+    window_ms = int(settings.purchase_window_s * 1000)
+    labels, labels_why = purchase_labels(data.take(tr), window_ms)
+    test, test_logged = data.take(te), logged.take(te)
     root = default_root(settings.state_dir)
     reg = ModelRegistry(root)
-    current = reg.current(settings.ranker_model)
+    name = settings.ranker_model
+    current = reg.current(name)
     parser = argparse.ArgumentParser()
     add_ranker_arguments(parser, standalone=True)
     with tempfile.TemporaryDirectory() as tmp:
-        args = parser.parse_args(["--model", "mmoe", "--dataset", "kafka", "--out", str(root),
-                                  "--epochs", str(epochs), "--threads", "1",
+        args = parser.parse_args(["--model", NEW_MODEL, "--dataset", "kafka", "--out", str(root),
+                                  "--epochs", str(epochs), "--threads", "1", "--labels", labels,
                                   "--artifacts", tmp, "--report", f"{tmp}/r.json"])
-        run(settings, args, lambda _log: data,
-            log=lambda m: print(f"[retrain] {m}", file=sys.stderr, flush=True))
-    new_version = reg.versions(settings.ranker_model)[-1]
-    new = load_ranker(reg.path(settings.ranker_model, new_version), threads=1)
-    new_auc = mean_auc(test.labels, new.predict_arrays(test.sparse, test.dense))
+        report = run(settings, args, lambda _log: data,
+                     log=lambda m: print(f"[retrain] {m}", file=sys.stderr, flush=True))
+    trained = report["models"][NEW_MODEL]
+    new_version = str(trained.get("registry", {}).get("version") or reg.versions(name)[-1])
+    new = load_ranker(reg.path(name, new_version), threads=1)
+    new_probs = new.predict_arrays(test.sparse, test.dense)
+    new_side = scored(settings, new_probs, test.dense, examination(new, test.position))
     if current is not None:
         cur = load_ranker(current.path, threads=1)
-        cur_auc = mean_auc(test.labels, cur.predict_arrays(test.sparse, test.dense))
+        cur_side = scored(settings, cur.predict_arrays(test.sparse, test.dense), test.dense,
+                          examination(cur, test.position))
     else:  # nothing promoted yet: the scorer serves the heuristic, which must be beaten too
-        cur_auc = mean_auc(test.labels, heuristic_predictions(test.dense))
-    better = not math.isnan(new_auc) and (math.isnan(cur_auc) or new_auc > cur_auc)
-    if better:
-        reg.promote(settings.ranker_model, new_version)
-    return {"action": "promoted" if better else "kept", "new_version": new_version,
-            "new_auc": new_auc, "current_version": current.version if current else "heuristic-v1",
-            "current_auc": cur_auc, "examples": len(records), "eval_rows": len(test)}
+        cur_side = scored(settings, heuristic_predictions(test.dense), test.dense)
+    observable, observable_note = purchase_observable(data, test, window_ms)
+    rank_rows, rank_note = independent_slates(test, test_logged)
+    gate = P.decide(policy, test.labels, test.request, test.position, new_side, cur_side, observable,
+                    rank_rows)
+    gate["ranked_slates"] = rank_note
+    promote = bool(gate.pop("promote"))
+    now = time.time()
+    decision = {
+        "action": "promoted" if promote else "kept", "reason": gate.pop("reason"), "model": name,
+        "new_version": new_version, "new_checkpoint": trained.get("version"),
+        "current_version": current.version if current else "heuristic-v1", **gate,
+        "purchase_ece": observable_note,
+        "off_policy": explored_click_rate(test, test_logged, new_probs[:, 0], settings.explore_epsilon,
+                                          policy.n_boot, policy.seed),
+        "slice": {"rows": len(test), "requests": int(np.unique(test.request).size),
+                  "from_ms": int(test.times.min()), "to_ms": int(test.times.max())},
+        "training": {"examples": len(records), "rows": len(data), "train_rows": int(tr.size),
+                     "dropped": dropped, "labels": labels, "labels_why": labels_why,
+                     "position_debias": bool((trained.get("position_debias") or {}).get("enabled"))},
+        "decided_at": now, "decided_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+    }
+    decision = P.json_safe(decision)
+    reg.record_decision(name, decision)
+    if promote:
+        reg.promote(name, new_version)
+    return decision
+
+
+def policy_from(args: argparse.Namespace) -> PromotionPolicy:
+    from models.promotion import PromotionPolicy
+
+    return PromotionPolicy(k=args.ndcg_k, max_ece=args.max_ece, min_gain=args.min_gain,
+                           require_ci=args.require_ci)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     every = settings.retrain_interval_s if args.every is None else args.every
     min_examples = settings.retrain_min_examples if args.min_examples is None else args.min_examples
+    policy = policy_from(args)
     stop = stop_on_signals()
     while True:
         t0 = time.monotonic()
         try:
-            out = round_once(settings, args.epochs, min_examples)
+            out = round_once(settings, args.epochs, min_examples, policy)
         except Exception as exc:  # noqa: BLE001 - a failed round must not end the loop
             out = {"action": "error", "reason": f"{type(exc).__name__}: {exc}"}
         print(json.dumps({"retrain": out, "seconds": round(time.monotonic() - t0, 1)}), flush=True)
         if every <= 0 or stop.wait(every):
             return 0 if out["action"] != "error" else 1
+

@@ -4,7 +4,8 @@ The shop (items, users, truth, behaviour, dynamics, speed, warm-up, oracle share
 configured by one TOML file (``--world FILE``; ``--print-world`` shows every knob and its
 default). Sim time runs ``--speed`` times faster than wall time and ends at wall "now".
 The report compares the A/B arms (``--set ab_arms=model,popular,random``) and the
-simulator's own ``oracle`` arm, after ``--warmup-s`` wall seconds, with 95% CIs.
+simulator's own ``oracle`` arm, after ``--warmup-s`` wall seconds, with 95% CIs; ``--report``
+also writes ``learning_curve.json`` and ``learning_curve.png`` next to it (sim/curve.py).
 """
 
 from __future__ import annotations
@@ -123,4 +124,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"simulator done: {summary(report)}", flush=True)
     if args.report:
         write_json(args.report, report)
+        if report["learning_curve"]["hours"]:
+            from sim.curve import write_learning_curve
+
+            write_learning_curve(report["learning_curve"], args.report.parent,
+                                 title=f"recsys sim: {report['sim_hours']:.1f} sim hours")
     return 0

@@ -1,5 +1,7 @@
 """Run the whole product on the embedded stack: broker, redis, dataflow, scorer and the
-closed-loop simulator, supervised, with a live status line and a JSON report.
+closed-loop simulator, supervised, with a live status line and a JSON report (and, next to
+it, ``learning_curve.json`` and ``learning_curve.png``: the model arm's CTR per sim hour against
+``oracle`` and ``popular``, see sim/curve.py).
 
 Ctrl-C (or --duration) shuts everything down cleanly, simulator first, broker last. A crashed
 dataflow, scorer or simulator is restarted (up to 3 times); broker or redis dying is fatal.
@@ -233,6 +235,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.report:
             write_json(args.report, report)
             print(f"[up] report written to {args.report}", flush=True)
+            for path in write_curve(report, args.report.parent):
+                print(f"[up] learning curve written to {path}", flush=True)
         return 0
     except RuntimeError as exc:
         print(f"[up] error: {exc}", file=sys.stderr, flush=True)
@@ -259,6 +263,18 @@ def _report(state: Path, status: Status, stream: sv.Child) -> dict[str, Any]:
         "sim_requests": sim.get("requests", 0),
         "arms": sim.get("arms", {}),
         "comparisons": sim.get("comparisons", {}),
+        "learning_curve": sim.get("learning_curve", {}),
         "sim_hours": sim.get("sim_hours", 0.0),
         "stream_restarts": stream.restarts,
     }
+
+
+def write_curve(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``learning_curve.json`` and ``.png`` (``sim/curve.py``) of a report that has sim hours."""
+    curve = report.get("learning_curve") or {}
+    if not curve.get("hours"):
+        return []
+    from sim.curve import write_learning_curve
+
+    return write_learning_curve(curve, out_dir, title=f"recsys up: {curve.get('arm', 'model')} arm, "
+                                f"{report.get('sim_hours', 0.0):.1f} sim hours")
