@@ -4,7 +4,7 @@ built through the production code paths.
 Simulator data: the project's own closed-loop shop (``sim.shop.Shop`` on the
 seeded ``sim.world.World``, configured by ``sim.config``) runs on a ``VirtualClock``: sessions,
 browsing views by the hidden taste, catalog dynamics, homepage visits, clicks / carts drawn from
-the hidden truth with position bias, purchases hours to days later. Only two things differ
+the hidden truth with position bias, purchases hours to days later. Only three things differ
 from the live loop (``sim.simulator``):
 
 * the ``Sink`` feeds every record, in sim-time order as the shop emits it, straight into the
@@ -12,15 +12,18 @@ from the live loop (``sim.simulator``):
 * the ``Recommender`` is offline: at the visit's sim time it reads the user's and the items'
   state from the builder's image (msgpack values, ``proto.keys.Keys``, ``proto.codecs``),
   retrieves candidates with the scorer's own functions (``online.candidates``: co-visitation of the
-  last-5 viewed, trending in the user's top two categories, popular, top sellers; merged,
-  de-duplicated, purchased items excluded), picks ``k`` of them uniformly at random,
-  assembles their features with ``features.ranking_features.assemble_batch``, shows them in
-  the order ``TrainingSetConfig.shown_order`` says and logs the impression (item CTR counts).
+  last-5 viewed, the user's recent items (history), trending in the user's top two categories,
+  popular, top sellers; merged, de-duplicated, purchased items excluded), picks ``k`` of them
+  uniformly at random, assembles their features with
+  ``features.ranking_features.assemble_batch``, shows them in the order
+  ``TrainingSetConfig.shown_order`` says and logs the impression (item CTR counts).
   ``"random"`` (default): uniformly random order (uniform exploration: position is
   independent of the features). ``"ranked"``: a logging policy, the scorer's cold-start
   ``online.ranking.HeuristicRanker`` logit on the logged features plus Gaussian noise
   (``shown_noise``), highest first: position is confounded with the features, as in logs of a
   deployed ranker (what position debiasing, ``models.position_bias``, is for).
+* the taste feature's item vectors come from ``sim.session_vectors`` (the same incremental
+  item2vec on the same kind of view windows) instead of the embeddings dataflow's replica.
 
 Because the shop emits everything due before a visit before calling the recommender, the
 state read at an impression is the state as of that moment (point in time), never later.
