@@ -161,6 +161,7 @@ class Settings(BaseSettings):
     max_per_category: Int = 4
     max_per_brand: Int = 3
     ann_enabled: Flag = True  # follow the embedding changelog into an HNSW replica
+    taste_feature: Flag = True  # rank with the item-vector taste similarity (False: unknown)
     embedding_dim: Int = 64
     # --- embeddings dataflow (incremental item2vec) ----------------------------------------
     embeddings_metrics_port: Int = 9105

@@ -272,7 +272,7 @@ class RecommendServicer:
             user_features=state.features, session_affinity=affinity,
             last_viewed=frozenset(last), context=ctx, now_ms=now_ms,
             half_life_s=self.s.popularity_half_life_s, session=state.session,
-            taste_sim=taste_similarity(ids, history, self._ann()))
+            taste_sim=taste_similarity(ids, history, self._ann()) if self.s.taste_feature else None)
         return batch, items
 
     def _rerank(self, cands: S.Candidates, batch: FeatureBatch, items: ItemColumns,
