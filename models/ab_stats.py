@@ -71,20 +71,30 @@ class Estimate:
                 "ci95": None if self.ci95 is None else list(self.ci95)}
 
 
+def clustered_se(ys: Sequence[float], xs: Sequence[float], ratio: float) -> float | None:
+    """Delta-method standard error of ``ratio`` = Σy / Σx over clusters (one (y, x) pair per
+    cluster, e.g. a user's clicks and impressions), with the G / (G - 1) small-sample factor;
+    None with fewer than 2 clusters or nothing in the denominator."""
+    sx, g = float(sum(xs)), len(xs)
+    if sx <= 0 or g < 2:
+        return None
+    ss = math.fsum((y - ratio * x) ** 2 for y, x in zip(ys, xs, strict=True))
+    return math.sqrt(ss * g / (g - 1)) / sx
+
+
 def ratio_estimate(ys: Sequence[float], xs: Sequence[float], scale: float = 1.0,
                    z: float = Z95) -> Estimate:
     """``scale · Σy / Σx`` over clusters (one (y, x) pair per user) with the clustered
     delta-method standard error and a normal interval (lower end clipped at 0)."""
     if len(ys) != len(xs):
         raise ValueError(f"{len(ys)} numerators for {len(xs)} denominators")
-    sx, g = float(sum(xs)), len(xs)
+    sx = float(sum(xs))
     if sx <= 0:
         return Estimate(None, None, None)
     r = float(sum(ys)) / sx
-    if g < 2:
+    se = clustered_se(ys, xs, r)
+    if se is None:
         return Estimate(scale * r, None, None)
-    ss = math.fsum((y - r * x) ** 2 for y, x in zip(ys, xs, strict=True))
-    se = math.sqrt(ss * g / (g - 1)) / sx
     return Estimate(scale * r, scale * se, (max(0.0, scale * (r - z * se)), scale * (r + z * se)))
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from features.taste import HISTORY_DECAY
 from online import scorer_metrics as metrics
 from online.candidates import combine_related
 from online.store import ListRef, UserState
@@ -109,6 +110,12 @@ class SessionAnnSource:
         return []
 
 
+def history_rows(recent: Sequence[str], quota: int) -> Rows:
+    """The user's recent items (newest first) as retrieval rows, scored ``HISTORY_DECAY ** rank``
+    (the ``in_history`` feature's weights); the offline training set uses it too."""
+    return [(str(i), HISTORY_DECAY ** r) for r, i in enumerate(recent[:quota])]
+
+
 @dataclass
 class HistorySource:
     """The items the user touched lately (``features.user_features`` recent list, newest first;
@@ -116,12 +123,10 @@ class HistorySource:
     comes with the user's features."""
 
     quota: int = 20
-    decay: float = 0.85
     name: str = "history"
 
     def fetch(self, q: Query) -> Rows:
-        recent = (q.state.features or {}).get("recent") or []
-        return [(str(i), self.decay ** r) for r, i in enumerate(recent[: self.quota])]
+        return history_rows((q.state.features or {}).get("recent") or [], self.quota)
 
     def lists(self, q: Query) -> list[ListRef]:
         return []

@@ -25,6 +25,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 from prometheus_client import Counter, Gauge, Histogram
 
+from models.ab_stats import clustered_se
 from sim.gap import GapStats
 from sim.latency import new_histogram, record_us
 from sim.world import HOUR_MS
@@ -57,13 +58,10 @@ def wilson(successes: int, n: int, z: float = Z95) -> list[float]:
 
 
 def cluster_se(per_user: dict[str, list[int]], ratio: float) -> float:
-    """Standard error of a ratio of sums (clicks / impressions) with user clusters."""
-    n = sum(v[0] for v in per_user.values())
-    g = len(per_user)
-    if n <= 0 or g < 2:
-        return 0.0
-    ss = sum((v[1] - ratio * v[0]) ** 2 for v in per_user.values())
-    return math.sqrt(ss * g / (g - 1)) / n
+    """Standard error of a ratio of sums (clicks / impressions) with user clusters
+    (``models.ab_stats.clustered_se``; 0 where it has none)."""
+    cells = list(per_user.values())
+    return clustered_se([v[1] for v in cells], [v[0] for v in cells], ratio) or 0.0
 
 
 def ratio_ci(ra: float, sa: float, rb: float, sb: float) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from models.deepfm import FeatureHasher
 from models.ranking_dataset import DAY_MS, LABELS, RankingData
 from online.candidates import category_affinity, combine_related, merge_candidates
 from online.ranking import HeuristicRanker
+from online.retrieval import HistorySource, history_rows
 from proto import codecs, events_pb2
 from proto.keys import Keys
 from sim.clock import VirtualClock
@@ -175,7 +176,7 @@ class _Builder:
         trending = [r for c in top_cats for r in self.global_list(kk.trending(c), 30, t)]
         sources = [
             ("covisit", combine_related([_top(img.zsets.get(kk.covisit(i)), 50) for i in last])[:100]),
-            ("history", [(str(i), 0.85 ** r) for r, i in enumerate((uf.get("recent") or [])[:20])]),
+            ("history", history_rows(uf.get("recent") or [], HistorySource.quota)),
             ("trending", sorted(trending, key=lambda kv: -kv[1])),
             ("popular", self.global_list(kk.popular(), 100, t)),
             ("top_sellers", self.global_list(kk.top_sellers(), 50, t)),
