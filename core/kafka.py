@@ -54,14 +54,19 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int | None 
                 raise RuntimeError(f"creating topic {topic}: {exc}") from exc
 
 
-def high_watermarks(client: Consumer, topic: str, timeout: float = 5.0) -> dict[int, int]:
-    """partition -> high watermark (next offset to be written)."""
+def watermarks(client: Consumer, topic: str, timeout: float = 5.0) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high) watermarks: the oldest offset still kept, the next to be written."""
     md = client.list_topics(topic, timeout=timeout)
     tmeta = md.topics.get(topic)
     if tmeta is None or tmeta.error is not None:
         return {}
     out = {}
     for p in tmeta.partitions:
-        _low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        out[p] = int(high)
+        low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        out[p] = (int(low), int(high))
     return out
+
+
+def high_watermarks(client: Consumer, topic: str, timeout: float = 5.0) -> dict[int, int]:
+    """partition -> high watermark (next offset to be written)."""
+    return {p: high for p, (_low, high) in watermarks(client, topic, timeout).items()}

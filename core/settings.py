@@ -161,7 +161,11 @@ class Settings(BaseSettings):
     max_per_category: Int = 4
     max_per_brand: Int = 3
     ann_enabled: Flag = True  # follow the embedding changelog into an HNSW replica
-    taste_feature: Flag = True  # rank with the item-vector taste similarity (False: unknown)
+    # rank with the item-vector taste similarity (False: logged as unknown). Off by default:
+    # on the simulator the item2vec vectors carry R² 0.06 of the hidden taste term (0.22 even
+    # with the TRUE item styles), and new items' centroid vectors score high, so it cost 0.08 of
+    # the oracle live and 3x the new-item exposure (BENCHMARKS.md, learning loop)
+    taste_feature: Flag = False
     embedding_dim: Int = 64
     # --- embeddings dataflow (incremental item2vec) ----------------------------------------
     embeddings_metrics_port: Int = 9105

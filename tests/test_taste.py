@@ -102,7 +102,7 @@ def test_the_scorer_computes_taste_from_the_replica_vectors_and_logs_it(settings
     raw = rng.normal(size=(len(ids), 16)).astype(np.float32)
     index = AnnIndex(16, capacity=64)
     index.upsert(ids, raw)
-    srv = build_server(settings.replace(explore_epsilon=0.0, cache_ttl_s=0), port=0,
+    srv = build_server(settings.replace(explore_epsilon=0.0, cache_ttl_s=0, taste_feature=True), port=0,
                        log_impressions=False, ann=index)
     ranker = CapturingRanker()
     srv.servicer.ranker_for = lambda arm: ranker  # type: ignore[method-assign]
