@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -70,3 +72,30 @@ def watermarks(client: Consumer, topic: str, timeout: float = 5.0) -> dict[int, 
 def high_watermarks(client: Consumer, topic: str, timeout: float = 5.0) -> dict[int, int]:
     """partition -> high watermark (next offset to be written)."""
     return {p: high for p, (_low, high) in watermarks(client, topic, timeout).items()}
+
+
+def read_range(client: Consumer, topic: str, start: Mapping[int, int], ends: Mapping[int, int],
+               timeout_s: float, *, strict: bool = False) -> Iterator[tuple[int, int, bytes | None]]:
+    """(partition, offset, value) of every record of ``topic`` from ``start[p]`` up to
+    ``ends[p]`` (exclusive), partitions assigned directly (no consumer group to join). At the
+    deadline it stops, or with ``strict`` raises TimeoutError naming the partitions short of
+    their end."""
+    todo = {p: o for p, o in start.items() if o < ends.get(p, 0)}
+    client.assign([TopicPartition(topic, p, o) for p, o in todo.items()])
+    deadline = time.monotonic() + timeout_s
+    while todo:
+        if time.monotonic() > deadline:
+            if strict:
+                raise TimeoutError(f"{topic}: partitions {sorted(todo)} not read to their end "
+                                   f"in {timeout_s:.0f} s")
+            return
+        msg = client.poll(0.2)
+        if msg is None or msg.error():
+            continue
+        part, offset = msg.partition(), msg.offset()
+        if part is None or offset is None or part not in todo:
+            continue
+        value = msg.value()
+        yield part, offset, None if value is None else bytes(value)
+        if offset + 1 >= ends[part]:
+            del todo[part]

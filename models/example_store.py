@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import struct
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +36,9 @@ STORE_DIR = "training-examples"
 class SyncReport:
     new: int  # records copied this time
     lost: int  # records the topic no longer had when they were due (retention)
-    total: int  # records in the store after the copy
 
     def as_dict(self) -> dict[str, int]:
-        return {"new": self.new, "lost_to_retention": self.lost, "stored": self.total}
+        return {"new": self.new, "lost_to_retention": self.lost}
 
 
 class ExampleStore:
@@ -59,21 +57,19 @@ class ExampleStore:
             return {}
         return {int(p): int(o) for p, o in json.loads(self._offsets_path.read_text()).items()}
 
-    def _save_offsets(self, offsets: dict[int, int]) -> None:
+    def append(self, batch: dict[int, tuple[list[bytes], int]]) -> None:
+        """Per partition: append its records, then (once, after every file is fsynced) move its
+        offset to the given next offset."""
+        for partition, (records, _next) in batch.items():
+            if records:
+                with open(self.root / f"p{partition}.log", "ab") as f:
+                    f.write(b"".join(_LEN.pack(len(r)) + r for r in records))
+                    f.flush()
+                    os.fsync(f.fileno())
+        offsets = self.offsets() | {p: nxt for p, (_records, nxt) in batch.items()}
         tmp = self._offsets_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({str(p): o for p, o in sorted(offsets.items())}))
         os.replace(tmp, self._offsets_path)
-
-    def append(self, partition: int, records: list[bytes], next_offset: int) -> None:
-        """Append ``records`` of ``partition`` and move its offset to ``next_offset``."""
-        if records:
-            with open(self.root / f"p{partition}.log", "ab") as f:
-                f.write(b"".join(_LEN.pack(len(r)) + r for r in records))
-                f.flush()
-                os.fsync(f.fileno())
-        offsets = self.offsets()
-        offsets[partition] = next_offset
-        self._save_offsets(offsets)
 
     def records(self) -> list[bytes]:
         """Every stored record (partition by partition, in offset order)."""
@@ -89,52 +85,30 @@ class ExampleStore:
                 i += _LEN.size + n
         return out
 
-    def count(self) -> int:
-        return len(self.records())
-
     def sync(self, settings: Settings, timeout_s: float = 60.0) -> SyncReport:
-        """Copy what the topic has beyond the stored offsets, up to its current end."""
-        from confluent_kafka import TopicPartition
-
+        """Copy what the topic has beyond the stored offsets, up to its current end (or as far as
+        ``timeout_s`` allows: the next round goes on from there)."""
         from core import kafka
 
         topic = settings.topic("training")
         c = kafka.consumer(settings, group=f"ranker-trainer-{uuid.uuid4().hex[:8]}")
         stored = self.offsets()
-        new = lost = 0
         try:
             marks = kafka.watermarks(c, topic)
-            start: dict[int, int] = {}
-            for p, (low, high) in marks.items():
-                want = stored.get(p, 0)
-                if want < low:  # the broker dropped these before we copied them
-                    lost += low - want
-                    want = low
-                if want < high:
-                    start[p] = want
+            # below the low watermark: dropped by the broker before we copied it
+            start = {p: max(stored.get(p, 0), low) for p, (low, _high) in marks.items()}
+            lost = sum(start[p] - stored.get(p, 0) for p in marks)
             if lost:
                 log.warning("training-examples: %d records were deleted by the broker before the "
                             "trainer copied them (retention); they are not in the training set", lost)
-            c.assign([TopicPartition(topic, p, o) for p, o in start.items()])
-            pending: dict[int, list[bytes]] = {p: [] for p in start}
-            nxt = dict(start)
-            deadline = time.monotonic() + timeout_s
-            while start and time.monotonic() < deadline and any(nxt[p] < marks[p][1] for p in start):
-                msg = c.poll(0.2)
-                if msg is None or msg.error():
-                    continue
-                part, offset, value = msg.partition(), msg.offset(), msg.value()
-                if part is None or offset is None or part not in nxt:
-                    continue
+            batch: dict[int, tuple[list[bytes], int]] = {p: ([], o) for p, o in start.items()}
+            ends = {p: high for p, (_low, high) in marks.items()}
+            for part, offset, value in kafka.read_range(c, topic, start, ends, timeout_s):
+                records = batch[part][0]
                 if value is not None:
-                    pending[part].append(bytes(value))
-                nxt[part] = offset + 1
-            for p in start:
-                self.append(p, pending[p], nxt[p])
-                new += len(pending[p])
-            for p, (low, _high) in marks.items():  # partitions with nothing new still record a skip
-                if p not in start and stored.get(p, 0) < low:
-                    self.append(p, [], low)
+                    records.append(value)
+                batch[part] = (records, offset + 1)
         finally:
             c.close()
-        return SyncReport(new=new, lost=lost, total=self.count())
+        self.append(batch)
+        return SyncReport(new=sum(len(r) for r, _ in batch.values()), lost=lost)

@@ -13,7 +13,6 @@ it carries of them. ``meta["dropped"]`` counts both.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -114,34 +113,21 @@ def load_logged_examples(records: Iterable[bytes | events_pb2.TrainingExample],
 
 
 def consume_training_examples(settings: Settings, timeout_s: float = 60.0) -> list[bytes]:
-    """Every record of the ``training-examples`` topic up to its current end (partitions
-    assigned directly from the beginning: no consumer-group rebalance to wait for)."""
+    """Every record the ``training-examples`` topic still holds, up to its current end
+    (``core.kafka.read_range``: no consumer-group rebalance to wait for)."""
     import uuid
-
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     from core import kafka
 
     topic = settings.topic("training")
     c = kafka.consumer(settings, group=f"ranker-trainer-{uuid.uuid4().hex[:8]}")
-    out: list[bytes] = []
     try:
-        ends = kafka.high_watermarks(c, topic)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        pending = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            msg = c.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            value, part, offset = msg.value(), msg.partition(), msg.offset()
-            if value is not None:
-                out.append(bytes(value))
-            if part is not None and offset is not None and offset + 1 >= ends.get(part, 0):
-                pending.discard(part)
+        marks = kafka.watermarks(c, topic)
+        start = {p: low for p, (low, _high) in marks.items()}
+        ends = {p: high for p, (_low, high) in marks.items()}
+        return [v for _p, _o, v in kafka.read_range(c, topic, start, ends, timeout_s) if v is not None]
     finally:
         c.close()
-    return out
 
 
 __all__ = ["LoggedColumns", "consume_training_examples", "load_logged_examples", "load_training_examples"]

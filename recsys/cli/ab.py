@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -46,29 +45,17 @@ def read_topic(settings: Settings, name: str, timeout_s: float) -> Iterator[byte
     assigned directly: no consumer group to join). TimeoutError if the end is not reached."""
     import uuid
 
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
     from core import kafka
 
     topic = settings.topic(name)
     c = kafka.consumer(settings, group=f"ab-report-{uuid.uuid4().hex[:8]}")
     try:
-        ends = kafka.high_watermarks(c, topic)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        pending = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to their end "
-                                   f"in {timeout_s:.0f} s")
-            msg = c.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            value, part, offset = msg.value(), msg.partition(), msg.offset()
-            if value is not None and part in pending:
-                yield bytes(value)
-            if part is not None and offset is not None and offset + 1 >= ends.get(part, 0):
-                pending.discard(part)
+        marks = kafka.watermarks(c, topic)
+        start = {p: low for p, (low, _high) in marks.items()}
+        ends = {p: high for p, (_low, high) in marks.items()}
+        for _part, _offset, value in kafka.read_range(c, topic, start, ends, timeout_s, strict=True):
+            if value is not None:
+                yield value
     finally:
         c.close()
 
