@@ -47,6 +47,7 @@ class Served:
     p_click: float
     p_cart: float
     p_purchase: float
+    sources: tuple[str, ...] = ()
 
 
 @dataclass
@@ -58,6 +59,7 @@ class LabelState:
     arrived_ms: int = 0  # processing time the impression arrived
     arm: str = ""
     model_version: str = ""
+    degraded: bool = False  # the impression's flag (the scorer answered with its fallback list)
     items: dict[str, Served] = field(default_factory=dict)
     click: dict[str, int] = field(default_factory=dict)  # item -> delay (ms)
     cart: dict[str, int] = field(default_factory=dict)
@@ -75,10 +77,10 @@ def add_impression(st: LabelState, imp: events_pb2.Impression, now_ms: int, w: W
     if st.imp_ts:  # duplicate delivery of the same impression
         return []
     st.user_id, st.imp_ts, st.arrived_ms = imp.user_id, imp.event_time_ms, now_ms
-    st.arm, st.model_version = imp.arm, imp.model_version
+    st.arm, st.model_version, st.degraded = imp.arm, imp.model_version, imp.degraded
     for it in imp.items:
         st.items[it.item_id] = Served(it.position, it.features, it.propensity, it.p_click,
-                                      it.p_cart, it.p_purchase)
+                                      it.p_cart, it.p_purchase, tuple(it.sources))
     out: list[events_pb2.TrainingExample] = []
     pending, st.pending = st.pending, []
     for etype, item, ts in pending:
@@ -122,6 +124,7 @@ def example(st: LabelState, item: str, now_ms: int, w: Windows, correction: bool
         version=version, correction=correction, emitted_at_ms=now_ms,
         elapsed_ms=now_ms - st.arrived_ms,
         final=now_ms - st.arrived_ms >= w.keep_ms or item in st.purchase,
+        degraded=st.degraded, sources=s.sources,
     )
 
 

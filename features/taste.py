@@ -17,6 +17,9 @@ import numpy.typing as npt
 F64 = npt.NDArray[np.float64]
 HISTORY_DECAY = 0.85  # weight of the r-th newest history item: decay ** r
 HISTORY_MAX = 20
+# the scorer's ANN source pools the session's last-viewed items' vectors with decay ** rank
+# (a shorter memory than the taste feature's: the session, not the history)
+ANN_POOL_DECAY = 0.7
 
 
 def history_items(session_items: Sequence[str], recent: Sequence[str],

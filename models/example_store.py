@@ -1,4 +1,6 @@
-"""The trainer's own copy of the ``training-examples`` topic: append-only, incremental, durable.
+"""The trainers' own copy of a topic: append-only, incremental, durable. The ranker's trainer
+keeps one of ``training-examples``; the two-tower's (``models.tower_retrain``) of ``clickstream``
+and ``catalog``.
 
 Why: a topic is not an archive. Real Kafka deletes by retention, and the embedded broker
 (librdkafka's mock cluster) keeps only the newest ~5 MB of each partition, a limit its API
@@ -8,8 +10,8 @@ So each round reads only what is new since the last one (offsets kept here) and 
 to one file per partition; training reads the files. Records the broker dropped before they
 were copied are counted (``SyncReport.lost``) and logged, never silently skipped.
 
-Layout: ``<state_dir>/training-examples/<topic>/``; per partition ``p<N>.log`` of records,
-each a 4-byte big-endian length and the ``TrainingExample`` bytes; ``offsets.json`` maps
+Layout: ``<state_dir>/training-examples/<topic>/`` (whatever the topic); per partition
+``p<N>.log`` of records, each a 4-byte big-endian length and the record's bytes; ``offsets.json`` maps
 partition -> next offset to read. Data is flushed and fsynced before the offsets are
 replaced (atomic rename), so a crash can repeat records (harmless: ``models.training_examples``
 keeps the latest version of each example_id) but never skip one.
@@ -42,15 +44,16 @@ class SyncReport:
 
 
 class ExampleStore:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, topic_key: str = "training") -> None:
         self.root = Path(root)
+        self.topic_key = topic_key  # the logical topic name (``Settings.topic``) sync copies
         self.root.mkdir(parents=True, exist_ok=True)
         self._offsets_path = self.root / "offsets.json"
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> ExampleStore:
-        """The store of ``settings``' training topic: ``<state_dir>/training-examples/<topic>``."""
-        return cls(Path(settings.state_dir) / STORE_DIR / settings.topic("training"))
+    def for_settings(cls, settings: Settings, topic_key: str = "training") -> ExampleStore:
+        """The store of one of ``settings``' topics: ``<state_dir>/training-examples/<topic>``."""
+        return cls(Path(settings.state_dir) / STORE_DIR / settings.topic(topic_key), topic_key)
 
     def offsets(self) -> dict[int, int]:
         if not self._offsets_path.exists():
@@ -90,8 +93,8 @@ class ExampleStore:
         ``timeout_s`` allows: the next round goes on from there)."""
         from core import kafka
 
-        topic = settings.topic("training")
-        c = kafka.consumer(settings, group=f"ranker-trainer-{uuid.uuid4().hex[:8]}")
+        topic = settings.topic(self.topic_key)
+        c = kafka.consumer(settings, group=f"trainer-copy-{uuid.uuid4().hex[:8]}")
         stored = self.offsets()
         try:
             marks = kafka.watermarks(c, topic)
@@ -99,8 +102,8 @@ class ExampleStore:
             start = {p: max(stored.get(p, 0), low) for p, (low, _high) in marks.items()}
             lost = sum(start[p] - stored.get(p, 0) for p in marks)
             if lost:
-                log.warning("training-examples: %d records were deleted by the broker before the "
-                            "trainer copied them (retention); they are not in the training set", lost)
+                log.warning("%s: %d records were deleted by the broker before the "
+                            "trainer copied them (retention); they are not in the training set", topic, lost)
             batch: dict[int, tuple[list[bytes], int]] = {p: ([], o) for p, o in start.items()}
             ends = {p: high for p, (_low, high) in marks.items()}
             for part, offset, value in kafka.read_range(c, topic, start, ends, timeout_s):

@@ -41,7 +41,7 @@ from models.session_data import (
     pad_prefixes,
     time_split,
 )
-from models.two_tower import LogQSampler, TwoTower, TwoTowerConfig
+from models.two_tower import ItemFeatures, LogQSampler, TwoTower, TwoTowerConfig
 
 Log = Callable[[str], None]
 K = 20
@@ -90,24 +90,26 @@ def model_config(cfg: TowerTrainConfig, n_items: int) -> TwoTowerConfig:
     )
 
 
-def _loss(model: TwoTower, x: torch.Tensor, y: torch.Tensor, sampler: LogQSampler, kind: str) -> torch.Tensor:
+def _loss(model: TwoTower, x: torch.Tensor, y: torch.Tensor, sampler: LogQSampler, kind: str,
+          features: ItemFeatures | None = None) -> torch.Tensor:
     if kind == "full":
         u = model.user_vectors(x)  # [B, D]
-        v = model.item_vectors(torch.arange(model.config.n_items, device=x.device))  # [N, D]
+        ids = torch.arange(model.config.n_items, device=x.device)
+        v = model.item_vectors(ids, features)  # [N, D]
         logits = u @ v.T / model.config.temperature
         logits[:, 0] = float("-inf")
         return torch.nn.functional.cross_entropy(logits, y)
-    return model.sampled_softmax_loss(x, y, sampler)
+    return model.sampled_softmax_loss(x, y, sampler, item_features=features)
 
 
 @torch.no_grad()
 def rank_labels(
     model: TwoTower, prefix: npt.NDArray[np.int64], labels: npt.NDArray[np.int64],
-    device: torch.device, batch: int = 1024,
+    device: torch.device, batch: int = 1024, features: ItemFeatures | None = None,
 ) -> npt.NDArray[np.int64]:
     """1-based rank of each label among ALL items (1 + #items scored strictly higher)."""
     model.eval()
-    items = model.all_item_vectors()
+    items = model.all_item_vectors(features)
     out = []
     for s in range(0, len(labels), batch):
         p = torch.from_numpy(prefix[s : s + batch]).to(device)
@@ -133,7 +135,10 @@ def summarize(ranks: npt.NDArray[np.int64]) -> dict[str, float]:
     }
 
 
-def train(ds: SessionDataset, cfg: TowerTrainConfig, device: torch.device, log: Log = _stderr) -> TrainResult:
+def train(ds: SessionDataset, cfg: TowerTrainConfig, device: torch.device, log: Log = _stderr,
+          model_cfg: TwoTowerConfig | None = None, features: ItemFeatures | None = None) -> TrainResult:
+    """Train on ``ds.train_sessions``; ``model_cfg`` overrides the id-only ``model_config`` (a
+    content model: pass its ``features``, one row per id-embedding row, row 0 "unknown")."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tr_sessions, val_sessions = time_split(ds.train_sessions, cfg.val_fraction)
@@ -143,7 +148,8 @@ def train(ds: SessionDataset, cfg: TowerTrainConfig, device: torch.device, log: 
     if len(train_ex) == 0:
         raise ValueError("no training examples: sessions need at least two items")
     counts = item_counts(train_ex.label, ds.n_items)
-    model = TwoTower(model_config(cfg, ds.n_items)).to(device)
+    model = TwoTower(model_cfg or model_config(cfg, ds.n_items)).to(device)
+    feats = features.to(device) if features is not None else None
     sampler = LogQSampler(counts, cfg.n_uniform, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
@@ -168,7 +174,7 @@ def train(ds: SessionDataset, cfg: TowerTrainConfig, device: torch.device, log: 
             t_epoch = t_log = time.perf_counter()
             for step in range(n_steps):
                 idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                loss = _loss(model, x_all[idx], y_all[idx], sampler, cfg.loss)
+                loss = _loss(model, x_all[idx], y_all[idx], sampler, cfg.loss, feats)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -187,7 +193,8 @@ def train(ds: SessionDataset, cfg: TowerTrainConfig, device: torch.device, log: 
             row = {"epoch": float(epoch), "loss": loss_sum.item() / n_steps,
                    "epoch_s": time.perf_counter() - t_epoch}
             if len(val_ex):
-                vr = summarize(rank_labels(model, val_ex.prefix, val_ex.label, device, cfg.eval_batch))
+                vr = summarize(rank_labels(model, val_ex.prefix, val_ex.label, device, cfg.eval_batch,
+                                           feats))
                 row.update({f"val_{k}": v for k, v in vr.items()})
                 score = vr["hit_rate_at_20"] + vr["mrr_at_20"]
             else:

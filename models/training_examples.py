@@ -3,11 +3,10 @@
 The simulated counterpart is ``sim.training_set.simulate``.
 
 ``drop_fallback`` leaves out what the scorer did not rank: rows of degraded responses (the
-scorer answers with its fallback list and ``model_version`` "fallback", ``online.servicer``)
-and fallback items padded into a short list (served with the source "fallback" only and no
-features: an empty feature map would train the model on all-zero inputs). The example does
-not carry the impression's ``degraded`` flag or the items' sources; these two marks are what
-it carries of them. ``meta["dropped"]`` counts both.
+example's ``degraded`` flag, copied by the label join from the impression; examples written
+before the flag existed are known by ``model_version`` "fallback", ``online.servicer``) and
+fallback items padded into a short list (``sources`` == ["fallback"], or no features: an
+empty feature map would train the model on all-zero inputs). ``meta["dropped"]`` counts both.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from proto import events_pb2
 
 FALLBACK_VERSION = "fallback"  # the model_version of a degraded response (online.servicer)
+FALLBACK_SOURCE = "fallback"  # the only source of an item padded into a short list
 
 
 @dataclasses.dataclass
@@ -64,9 +64,9 @@ def _latest(records: Iterable[bytes | events_pb2.TrainingExample], drop_fallback
     if drop_fallback:
         keep = []
         for i, e in enumerate(rows):
-            if e.model_version == FALLBACK_VERSION:
+            if e.degraded or e.model_version == FALLBACK_VERSION:
                 dropped["degraded"] += 1
-            elif not feats[i]:
+            elif not feats[i] or list(e.sources) == [FALLBACK_SOURCE]:
                 dropped["fallback_items"] += 1
             else:
                 keep.append(i)

@@ -24,7 +24,7 @@ import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -110,6 +110,50 @@ def hash_title_tokens(titles: Sequence[str], buckets: int, max_tokens: int = 16)
         for j, tok in enumerate(toks):
             out[i, j] = zlib.crc32(tok.encode("utf-8")) % buckets + 1
     return torch.from_numpy(out)
+
+
+def hashed_id(value: str, buckets: int) -> int:
+    """0 = unknown / feature off, else a stable crc32 bucket in ``1..buckets``."""
+    return 0 if not value or buckets <= 0 else zlib.crc32(value.encode("utf-8")) % buckets + 1
+
+
+def price_bucket(price: float, buckets: int, scale: float = 1.0) -> int:
+    """0 = unknown / feature off, else ``1 + floor(scale * log2(1 + price))`` capped at ``buckets``."""
+    if buckets <= 0 or not np.isfinite(price) or price < 0:
+        return 0
+    return min(buckets, 1 + int(scale * np.log2(1.0 + price)))
+
+
+class CatalogContent(Protocol):
+    """What the item tower reads of a catalog row (``streams.embeddings.CatalogInfo``, ...)."""
+
+    @property
+    def category(self) -> str: ...
+    @property
+    def brand(self) -> str: ...
+    @property
+    def price(self) -> float: ...
+    @property
+    def title(self) -> str: ...
+
+
+def content_features(rows: Sequence[CatalogContent | None], cfg: TwoTowerConfig,
+                     price_scale: float = 1.0) -> ItemFeatures:
+    """THE encoding of catalog rows for the item tower, one row each (None: unknown item, all
+    features 0): the trainer (``models.tower_retrain``) and the embeddings dataflow
+    (``streams.tower_embedder``) both call it, so a model sees at serving time what it was
+    trained on."""
+
+    def col(values: list[int]) -> Tensor:
+        return torch.tensor(values, dtype=torch.int64)
+
+    return ItemFeatures(
+        category=col([hashed_id(r.category, cfg.n_categories) if r else 0 for r in rows]),
+        brand=col([hashed_id(r.brand, cfg.n_brands) if r else 0 for r in rows]),
+        price_bucket=col([price_bucket(r.price, cfg.n_price_buckets, price_scale) if r else 0
+                          for r in rows]),
+        title_tokens=hash_title_tokens([r.title if r else "" for r in rows], max(1, cfg.title_buckets)),
+    )
 
 
 class ItemTower(nn.Module):

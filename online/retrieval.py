@@ -18,9 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
-from features.taste import HISTORY_DECAY
+from features.taste import ANN_POOL_DECAY, HISTORY_DECAY, history_vector
 from online import scorer_metrics as metrics
 from online.candidates import combine_related
 from online.store import ListRef, UserState
@@ -99,9 +97,8 @@ class SessionAnnSource:
         found, vecs = idx.get_vectors(recent)
         if not found:
             return []
-        weights = 0.7 ** np.asarray(found, dtype=np.float32)  # [m]
-        pooled = (weights @ vecs) / weights.sum()  # [dim] recency-weighted mean
-        if not np.any(pooled):
+        pooled = history_vector(found, vecs, ANN_POOL_DECAY)  # [dim] recency-weighted mean
+        if pooled is None:
             return []
         metrics.child(metrics.ANN_QUERIES, "item2vec").inc()
         return list(idx.query(pooled, self.quota, exclude=set(recent)))

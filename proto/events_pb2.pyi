@@ -157,7 +157,7 @@ class DeadLetter(_message.Message):
     def __init__(self, source_topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., reason: _Optional[str] = ..., original: _Optional[bytes] = ..., failed_at_ms: _Optional[int] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class TrainingExample(_message.Message):
-    __slots__ = ("example_id", "request_id", "user_id", "item_id", "impression_time_ms", "position", "features", "propensity", "arm", "model_version", "served_p_click", "served_p_cart", "served_p_purchase", "click", "add_to_cart", "purchase", "click_delay_ms", "purchase_delay_ms", "version", "correction", "emitted_at_ms", "elapsed_ms", "final")
+    __slots__ = ("example_id", "request_id", "user_id", "item_id", "impression_time_ms", "position", "features", "propensity", "arm", "model_version", "served_p_click", "served_p_cart", "served_p_purchase", "click", "add_to_cart", "purchase", "click_delay_ms", "purchase_delay_ms", "version", "correction", "emitted_at_ms", "elapsed_ms", "final", "degraded", "sources")
     EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,8 @@ class TrainingExample(_message.Message):
     EMITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     example_id: str
     request_id: str
     user_id: str
@@ -204,4 +206,6 @@ class TrainingExample(_message.Message):
     emitted_at_ms: int
     elapsed_ms: int
     final: bool
-    def __init__(self, example_id: _Optional[str] = ..., request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., impression_time_ms: _Optional[int] = ..., position: _Optional[int] = ..., features: _Optional[bytes] = ..., propensity: _Optional[float] = ..., arm: _Optional[str] = ..., model_version: _Optional[str] = ..., served_p_click: _Optional[float] = ..., served_p_cart: _Optional[float] = ..., served_p_purchase: _Optional[float] = ..., click: _Optional[bool] = ..., add_to_cart: _Optional[bool] = ..., purchase: _Optional[bool] = ..., click_delay_ms: _Optional[int] = ..., purchase_delay_ms: _Optional[int] = ..., version: _Optional[int] = ..., correction: _Optional[bool] = ..., emitted_at_ms: _Optional[int] = ..., elapsed_ms: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
+    degraded: bool
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, example_id: _Optional[str] = ..., request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., impression_time_ms: _Optional[int] = ..., position: _Optional[int] = ..., features: _Optional[bytes] = ..., propensity: _Optional[float] = ..., arm: _Optional[str] = ..., model_version: _Optional[str] = ..., served_p_click: _Optional[float] = ..., served_p_cart: _Optional[float] = ..., served_p_purchase: _Optional[float] = ..., click: _Optional[bool] = ..., add_to_cart: _Optional[bool] = ..., purchase: _Optional[bool] = ..., click_delay_ms: _Optional[int] = ..., purchase_delay_ms: _Optional[int] = ..., version: _Optional[int] = ..., correction: _Optional[bool] = ..., emitted_at_ms: _Optional[int] = ..., elapsed_ms: _Optional[int] = ..., final: _Optional[bool] = ..., degraded: _Optional[bool] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...

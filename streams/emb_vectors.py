@@ -1,7 +1,7 @@
 """Vector helpers of the embeddings dataflow (no I/O): the cold-start blend of an item's prior
-(category / brand centroids, else a hashed direction) with its learned item2vec vector, and the
-item tower's content features (the encoding a content-trained two-tower must be trained with).
-The rule itself is described in ``streams.embeddings``."""
+(category / brand centroids, else a hashed direction) with its learned item2vec vector (the item
+tower's content encoding is ``models.two_tower.content_features``). The rule itself is described
+in ``streams.embeddings``."""
 
 from __future__ import annotations
 
@@ -78,18 +78,3 @@ def group_centroids(labels: Sequence[str], vecs: Vec, weights: npt.ArrayLike) ->
     sums = np.add.reduceat((vecs[keep] * w[keep, None])[order], starts, axis=0)
     out = {str(names[sorted_idx[s]]): unit(sums[k]) for k, s in enumerate(starts)}
     return {lb: v for lb, v in out.items() if v is not None}
-
-
-# ----------------------------------------------------------------------------------------
-# item tower content features (the contract a content-trained two-tower must be trained with)
-
-
-def hashed_id(value: str, buckets: int) -> int:
-    """0 = unknown / feature off, else a stable crc32 bucket in ``1..buckets``."""
-    return 0 if not value or buckets <= 0 else zlib.crc32(value.encode("utf-8")) % buckets + 1
-
-
-def price_bucket(price: float, buckets: int, scale: float = 1.0) -> int:
-    if buckets <= 0 or not np.isfinite(price) or price < 0:
-        return 0
-    return min(buckets, 1 + int(scale * np.log2(1.0 + price)))

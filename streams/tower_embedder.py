@@ -12,7 +12,6 @@ import numpy as np
 
 from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry, RegistryError
 from proto.keys import tower_keys
-from streams.emb_vectors import hashed_id, price_bucket
 from streams.embeddings import CatalogInfo
 
 log = logging.getLogger(__name__)
@@ -82,22 +81,12 @@ class TowerEmbedder:
     def embed(self, rows: list[tuple[str, CatalogInfo]]) -> np.ndarray:
         import torch
 
-        from models.two_tower import ItemFeatures, hash_title_tokens
+        from models.two_tower import content_features
 
         c = self.model.config
-
-        def col(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int64)
-
-        ids = col([self.vocab.get(item, 0) if 0 <= self.vocab.get(item, 0) < c.n_items else 0
-                   for item, _ in rows])
-        feats = ItemFeatures(
-            category=col([hashed_id(i.category, c.n_categories) for _, i in rows]),
-            brand=col([hashed_id(i.brand, c.n_brands) for _, i in rows]),
-            price_bucket=col([price_bucket(i.price, c.n_price_buckets, self.price_scale)
-                              for _, i in rows]),
-            title_tokens=hash_title_tokens([i.title for _, i in rows], max(1, c.title_buckets)),
-        )
+        ids = torch.tensor([self.vocab.get(item, 0) if 0 <= self.vocab.get(item, 0) < c.n_items else 0
+                            for item, _ in rows], dtype=torch.int64)
+        feats = content_features([info for _, info in rows], c, self.price_scale)
         with torch.no_grad():
             return np.asarray(self.model.item_vectors(ids, feats).numpy(), dtype=np.float32)
 

@@ -49,6 +49,32 @@ def test_first_emission_after_click_window_then_delayed_purchase_correction():
     assert L.on_timer(st, now_ms=W.purchase_ms, w=W) == ([], True)
 
 
+def test_degraded_flag_and_sources_reach_the_trainer_which_drops_them():
+    from models.training_examples import load_logged_examples
+    from proto import codecs
+
+    feats = codecs.pack_features({"item_id": "x", "log_price": 1.0})
+    ranked = _imp("r1", items=("a", "b"))
+    for it, sources in zip(ranked.items, (["covisit", "popular"], ["fallback"]), strict=True):
+        it.features = feats
+        it.sources.extend(sources)
+    degraded = _imp("r2", items=("c", "d"))
+    degraded.degraded, degraded.model_version = True, "ranker-v3"  # flagged, whatever the version
+    for it in degraded.items:
+        it.features = feats
+        it.sources.append("fallback")
+    out = []
+    for imp in (ranked, degraded):
+        st = L.new_state(imp.request_id, now_ms=0)
+        L.add_impression(st, imp, now_ms=0, w=W)
+        out += L.on_timer(st, now_ms=W.click_ms, w=W)[0]
+    by_id = {e.example_id: e for e in out}
+    assert [list(by_id[f"r1/{i}"].sources) for i in "ab"] == [["covisit", "popular"], ["fallback"]]
+    assert [by_id[k].degraded for k in ("r1/a", "r2/c", "r2/d")] == [False, True, True]
+    data, _logged = load_logged_examples([e.SerializeToString() for e in out], drop_fallback=True)
+    assert len(data) == 1 and data.meta["dropped"] == {"degraded": 2, "fallback_items": 1}
+
+
 def test_label_before_impression_is_buffered_and_orphans_expire():
     st = L.new_state("r2", now_ms=0)
     assert L.add_label(st, "click", "a", T + 1000, now_ms=0, w=W) == []
