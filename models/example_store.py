@@ -11,10 +11,11 @@ to one file per partition; training reads the files. Records the broker dropped 
 were copied are counted (``SyncReport.lost``) and logged, never silently skipped.
 
 Layout: ``<state_dir>/training-examples/<topic>/`` (whatever the topic); per partition
-``p<N>.log`` of records, each a 4-byte big-endian length and the record's bytes; ``offsets.json`` maps
-partition -> next offset to read. Data is flushed and fsynced before the offsets are
-replaced (atomic rename), so a crash can repeat records (harmless: ``models.training_examples``
-keeps the latest version of each example_id) but never skip one.
+``p<N>.log`` of records, each a 4-byte big-endian length and the record's bytes;
+``offsets.json`` maps partition -> next offset to read. Data is flushed and fsynced before the offsets are
+replaced (atomic rename), so a crash can repeat records but never skip one (harmless to the
+readers: ``models.training_examples`` keeps the latest version of each example_id,
+``models.own_sessions`` the latest catalog row and one step per repeated item).
 """
 
 from __future__ import annotations

@@ -42,10 +42,17 @@ from features.taste import ANN_POOL_DECAY, history_vector
 from models import own_sessions as OS
 from models.device import resolve_device
 from models.example_store import ExampleStore
-from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry, RegistryError, default_root
-from models.session_data import SessionDataset
+from models.registry import (
+    TWO_TOWER,
+    TWO_TOWER_VOCAB,
+    ModelRegistry,
+    ModelVersion,
+    RegistryError,
+    default_root,
+)
+from models.session_data import SessionDataset, pad_prefixes
 from models.train_two_tower import TowerTrainConfig, train
-from models.two_tower import TwoTower, TwoTowerConfig, content_features
+from models.two_tower import TwoTower, TwoTowerConfig, content_features, id_rows
 
 Log = Callable[[str], None]
 Vectors = npt.NDArray[np.float32]
@@ -113,17 +120,15 @@ def tower_retriever(name: str, model: TwoTower, vocab: dict[str, int],
     cfg = model.config
     model.eval()
     with torch.inference_mode():
-        ids = torch.tensor([vocab.get(i, 0) if vocab.get(i, 0) < cfg.n_items else 0 for i in items],
-                           dtype=torch.int64)
         feats = content_features([catalog.get(i) for i in items], cfg) if cfg.has_content else None
-        vecs = model.item_vectors(ids, feats).numpy().astype(np.float32)
+        vecs = model.item_vectors(id_rows(items, vocab, cfg.n_items), feats).numpy().astype(np.float32)
 
     def query(recent: Sequence[str]) -> Vectors | None:
-        rows = [r for r in map(vocab.get, recent) if r and r < cfg.n_items][: cfg.max_len]
-        if not rows:
+        rows = id_rows(recent, vocab, cfg.n_items).numpy()
+        known = rows[rows > 0][: cfg.max_len]
+        if not known.size:
             return None
-        prefix = torch.zeros((1, cfg.max_len), dtype=torch.int64)
-        prefix[0, cfg.max_len - len(rows):] = torch.tensor(rows[::-1])
+        prefix = torch.from_numpy(pad_prefixes([known[::-1]], cfg.max_len))  # oldest ... newest
         with torch.inference_mode():
             return model.user_vectors(prefix)[0].numpy().astype(np.float32)
 
@@ -198,10 +203,9 @@ def decide(new: dict[str, Any], served: dict[str, Any], cfg: TowerRetrainConfig)
                    f"{served['recall']:.4f} (gain {gain:+.4f} <= {cfg.min_gain})")
 
 
-def served_retriever(settings: Settings, reg: ModelRegistry, catalog: dict[str, OS.CatalogEntry],
+def served_retriever(settings: Settings, cur: ModelVersion | None, catalog: dict[str, OS.CatalogEntry],
                      items: list[str]) -> Retriever:
-    """What the ANN source serves now: the promoted two-tower, else item2vec pooling."""
-    cur = reg.current(TWO_TOWER)
+    """What the ANN source serves now: the promoted two-tower ``cur``, else item2vec pooling."""
     if cur is not None:
         try:
             model = TwoTower.load(cur.model_file)
@@ -223,21 +227,24 @@ def tower_round(settings: Settings, cfg: TowerRetrainConfig | None = None,
                 log: Log = print) -> dict[str, Any]:
     """One round (module doc); returns the decision (also in the registry)."""
     cfg = cfg or TowerRetrainConfig()
-    synced = {key: ExampleStore.for_settings(settings, key).sync(settings).as_dict()
-              for key in ("clickstream", "catalog")}
+    stores = {key: ExampleStore.for_settings(settings, key) for key in ("clickstream", "catalog")}
+    synced = {key: store.sync(settings).as_dict() for key, store in stores.items()}
     counts = OS.ReadCounts()
-    sessions = OS.sessions_from_clickstream(ExampleStore.for_settings(settings, "clickstream").records(),
+    sessions = OS.sessions_from_clickstream(stores["clickstream"].records(),
                                             int(settings.session_gap_s * 1000), counts)
-    catalog = OS.latest_catalog(ExampleStore.for_settings(settings, "catalog").records())
+    catalog = OS.latest_catalog(stores["catalog"].records())
     older, newest = OS.split_newest(sessions, cfg.holdout_share)
     cases = OS.next_item_cases(newest, settings.last_n_viewed, cfg.max_cases)
     base = {"model": TWO_TOWER, "store": synced, "read": counts.as_dict(), "sessions": len(sessions),
             "holdout_sessions": len(newest), "cases": len(cases)}
     if len(cases) < cfg.min_cases or len(older) < 10:
-        return {"action": "skip", "reason": f"{len(cases)} held-out cases < {cfg.min_cases}", **base}
+        why = (f"{len(cases)} held-out cases < {cfg.min_cases}" if len(cases) < cfg.min_cases
+               else f"{len(older)} training sessions < 10")
+        return {"action": "skip", "reason": why, **base}
     items = sorted(i for i, e in catalog.items() if e.active)  # what the tower index holds
     reg = ModelRegistry(default_root(settings.state_dir))
-    served = recall_at_k(served_retriever(settings, reg, catalog, items), cases, cfg.k)
+    current = reg.current(TWO_TOWER)  # what the scorers serve (they follow this pointer)
+    served = recall_at_k(served_retriever(settings, current, catalog, items), cases, cfg.k)
     model, vocab, trained = train_on_sessions(older[-cfg.max_sessions:], catalog, cfg, log)
     new = recall_at_k(tower_retriever("new two_tower", model, vocab, catalog, items), cases, cfg.k)
     promote, reason = decide(new, served, cfg)
@@ -248,7 +255,6 @@ def tower_round(settings: Settings, cfg: TowerRetrainConfig | None = None,
         headline = {"model": TWO_TOWER, "recall": new["recall"], "k": cfg.k, "dataset": "own traffic"}
         version = reg.register(TWO_TOWER, staging, headline, model.config.to_dict())
     now = time.time()
-    current = reg.current(TWO_TOWER)
     decision = {"action": "promoted" if promote else "kept", "reason": reason, "new_version": version,
                 "current_version": current.version if current else None,
                 "new": new, "served": served, "training": trained, **base,

@@ -124,6 +124,13 @@ def price_bucket(price: float, buckets: int, scale: float = 1.0) -> int:
     return min(buckets, 1 + int(scale * np.log2(1.0 + price)))
 
 
+def id_rows(items: Sequence[str], vocab: Mapping[str, int], n_items: int) -> Tensor:
+    """[N] id-embedding rows of ``items`` by a version's vocabulary (``item_ids.json``); 0, "no
+    trained id", for an item it does not know or a row outside the model's table."""
+    return torch.tensor([r if 0 < (r := vocab.get(i, 0)) < n_items else 0 for i in items],
+                        dtype=torch.int64)
+
+
 class CatalogContent(Protocol):
     """What the item tower reads of a catalog row (``streams.embeddings.CatalogInfo``, ...)."""
 

@@ -41,6 +41,7 @@ from core.redis_client import redis_client
 from core.settings import Settings
 from models.ranker_runtime import trace_frozen
 from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry, ModelVersion, default_root
+from models.session_data import pad_prefixes
 from online.ann.follower import IndexFollower
 from online.ann.index import AnnIndex
 from proto.keys import Keys, tower_keys
@@ -73,8 +74,7 @@ class Tower:
         rows = [r for r in map(self.vocab.get, recent) if r][: self.max_len]
         if not rows:
             return None
-        prefix = np.zeros((1, self.max_len), dtype=np.int64)
-        prefix[0, self.max_len - len(rows):] = rows[::-1]  # oldest ... most recent (last column)
+        prefix = pad_prefixes([np.asarray(rows[::-1], dtype=np.int64)], self.max_len)  # oldest ... newest
         with torch.inference_mode():
             out = self.encode(torch.from_numpy(prefix))
         return np.asarray(out[0], dtype=np.float32)

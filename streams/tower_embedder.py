@@ -81,11 +81,10 @@ class TowerEmbedder:
     def embed(self, rows: list[tuple[str, CatalogInfo]]) -> np.ndarray:
         import torch
 
-        from models.two_tower import content_features
+        from models.two_tower import content_features, id_rows
 
         c = self.model.config
-        ids = torch.tensor([self.vocab.get(item, 0) if 0 <= self.vocab.get(item, 0) < c.n_items else 0
-                            for item, _ in rows], dtype=torch.int64)
+        ids = id_rows([item for item, _ in rows], self.vocab, c.n_items)
         feats = content_features([info for _, info in rows], c, self.price_scale)
         with torch.no_grad():
             return np.asarray(self.model.item_vectors(ids, feats).numpy(), dtype=np.float32)
