@@ -107,8 +107,11 @@ class Settings(BaseSettings):
     purchase_window_s: float = 7 * 24 * 3600.0  # cart / purchase attribution window
     labels_metrics_port: Int = 9104
     label_time_scale: float = 1.0  # event time / wall time (the simulator's --speed under `up`)
-    retrain_interval_s: float = 120.0  # `recsys up`: retrain the ranker this often (0 = never)
+    retrain_interval_s: float = 120.0  # `recsys up`: start a ranker round this often (0 = never)
     retrain_min_examples: Int = 2000
+    # `recsys up`: the two-tower's own retraining loop, this often (0 = never); a round costs
+    # about as much CPU as two of the ranker's at 6k sessions (BENCHMARKS.md, learning loop)
+    tower_retrain_interval_s: float = 240.0
     ctr_prior: float = 0.02  # Bayesian smoothing of item CTR / CVR
     cvr_prior: float = 0.05
     rate_prior_strength: float = 20.0

@@ -34,7 +34,7 @@ from features.ranking_features import DENSE, FEATURE_VERSION, SPARSE, FeatureBat
 
 TASKS = ("click", "cart", "purchase")  # column order of label arrays and of Ranker.predict
 DEFAULT_BUCKETS = {"item_id": 1 << 16, "category": 1024, "brand": 4096, "surface": 64,
-                   "device": 64, "country": 512}
+                   "device": 64, "country": 512, "user_id": 1 << 16}
 
 
 

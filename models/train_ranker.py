@@ -53,7 +53,7 @@ from core.terminal import progress
 from models import calibration as C
 from models import delayed_feedback as DF
 from models import offline_metrics as metrics
-from models.deepfm import TASKS, DeepFM, RankerConfig
+from models.deepfm import DEFAULT_BUCKETS, TASKS, DeepFM, RankerConfig
 from models.distributed import Dist, device_for, init_from_env
 from models.mmoe import MMoE
 from models.position_bias import (
@@ -97,16 +97,19 @@ class RankerTrainConfig:
 
 def make_model(name: str, train: RankingData, dropout: float = 0.1, seed: int = 0,
                embed_dim: int = 8, hidden: tuple[int, ...] = (128, 64), n_experts: int = 4,
-               position_debias: bool = False) -> DeepFM | MMoE:
+               position_debias: bool = False, sparse: tuple[str, ...] | None = None) -> DeepFM | MMoE:
     """A fresh model for ``name`` with dense standardisation from the training split, each head
     starting at its base rate (``position_debias``: the rate at the top position, which is
-    what a debiased head predicts)."""
+    what a debiased head predicts). ``sparse``: the sparse fields it reads (default every ``SPARSE`` field; an
+    ablation passes fewer, with the rows' columns to match: ``recsys.bench.user_embedding``)."""
     if name not in MODELS:
         raise ValueError(f"unknown ranker {name!r}; choose from {sorted(MODELS)}")
     torch.manual_seed(seed)
     mean, std = train.dense.astype(np.float64).mean(0), train.dense.astype(np.float64).std(0)
-    cfg = RankerConfig(kind="mmoe" if name == "mmoe" else "deepfm", tasks=MODELS[name],
-                       embed_dim=embed_dim, hidden=hidden, dropout=dropout, n_experts=n_experts,
+    fields = sparse or RankerConfig.sparse
+    cfg = RankerConfig(kind="mmoe" if name == "mmoe" else "deepfm", tasks=MODELS[name], sparse=fields,
+                       buckets=tuple(DEFAULT_BUCKETS[f] for f in fields), embed_dim=embed_dim,
+                       hidden=hidden, dropout=dropout, n_experts=n_experts,
                        dense_mean=tuple(float(x) for x in mean), dense_std=tuple(float(x) for x in std))
     model = MMoE(cfg) if cfg.kind == "mmoe" else DeepFM(cfg)
     # start each head at its base rate (post-click rates for the ESMM heads)

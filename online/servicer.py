@@ -265,7 +265,8 @@ class RecommendServicer:
         cols = self.store.item_columns([*ids, *last])
         items = cols.head(len(ids))
         affinity = S.category_affinity(last, dict(zip(last, cols.category[len(ids):], strict=True)))
-        ctx = {"surface": surface, "device": req.context.device, "country": req.context.country}
+        ctx = {"surface": surface, "device": req.context.device, "country": req.context.country,
+               "user_id": req.user_id}
         history = history_items(last, (state.features or {}).get("recent") or ())
         batch = assemble_columns(
             item_ids=ids, items=items, retrieval=cands.retrieval(),

@@ -194,10 +194,11 @@ class _Builder:
                 break
         chosen = cands.take(picked)
         device, country = context(user)
-        ctx = {"surface": "home", "device": device, "country": country}
+        ctx = {"surface": "home", "device": device, "country": country, "user_id": uid}
         aff = category_affinity(last, category_of)
         imp = events_pb2.Impression(request_id=rid, user_id=uid, event_time_ms=t, surface="home",
-                                    arm="explore", context=events_pb2.Context(**ctx))
+                                    arm="explore", context=events_pb2.Context(
+                                        surface="home", device=device, country=country))
         feats = assemble_batch(
             item_ids=chosen.item_ids, catalogs=rows,
             item_stats=[codecs.decode(img.strings.get(kk.item_features(i))) for i in chosen.item_ids],

@@ -55,7 +55,8 @@ def _batch():
               user_features={"pref": {"c1": 0.7, "c2": 0.3}, "price_mean": 20.0,
                              "counts": {"view": 9, "click": 2}, "country": "DE"},
               session_affinity={"c2": 1.0}, last_viewed=frozenset({"i3", "i4"}),
-              context={"surface": "home", "device": "ios", "country": "FR"}, now_ms=T + 60_000,
+              context={"surface": "home", "device": "ios", "country": "FR", "user_id": "u7"},
+              now_ms=T + 60_000,
               half_life_s=H)
     return catalogs, stats, kw
 
@@ -69,6 +70,7 @@ def test_columns_follow_the_feature_definitions():
         category = cat.get("category") or st.get("cat") or ""
         price = cat.get("price") or st.get("price") or 0.0
         assert f["category"] == category and f["country"] == "DE" and f["device"] == "ios"
+        assert f["user_id"] == "u7"  # the request's shopper, on every item's row
         assert f["u_cat_pref"] == {"c1": 0.7, "c2": 0.3}.get(category, 0.0)
         assert f["s_cat_aff"] == (1.0 if category == "c2" else 0.0)
         assert f["popular"] == (0.9 if j % 2 == 0 else 0.0) and f["n_sources"] == (3 if j % 2 == 0 else 1)
@@ -79,7 +81,7 @@ def test_columns_follow_the_feature_definitions():
         assert f["price_vs_user"] == pytest.approx(math.log(price / 20.0) if price else 0.0)
         assert f["log_user_events"] == pytest.approx(math.log1p(11))
         assert f["in_session"] == (1.0 if f["item_id"] in ("i3", "i4") else 0.0)
-        assert list(f) == ["item_id", "category", "brand", "surface", "device", "country", *DENSE]
+        assert list(f) == ["item_id", "category", "brand", "surface", "device", "country", "user_id", *DENSE]
 
 
 def _columns_kw(kw: dict) -> dict:

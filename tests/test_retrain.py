@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from core import kafka
 from features.ranking_features import assemble
@@ -90,3 +91,24 @@ def test_retrain_promotes_only_what_the_gate_passes(settings, tmp_path):
         second["new_version"] if second["action"] == "promoted" else first["new_version"])
     assert [d["new_version"] for d in reg.decisions(s.ranker_model)] == [first["new_version"],
                                                                          second["new_version"]]
+    # an upgrade that changes FEATURE_VERSION: the promoted checkpoint is refused by this code,
+    # so the scorer serves the heuristic; the gate must compare against that, not fail the round
+    blob = torch.load(after.model_file, weights_only=True)
+    blob["config"]["feature_version"] -= 1
+    torch.save(blob, tmp_path / "older.pt")
+    reg.promote(s.ranker_model, reg.register(s.ranker_model, tmp_path / "older.pt", {}))
+    third = round_once(s, epochs=1, min_examples=100, policy=PromotionPolicy(max_ece=1.0))
+    assert third["action"] == _expected(third) != "error"
+    assert third["current_version"] == "heuristic-v1" and "refused" in third["served_note"]
+
+
+def test_schedule_is_a_period_retries_skips_soon_and_rests_after_long_rounds():
+    from recsys.cli.retrain import MIN_REST, RETRY_AFTER_SKIP_S, next_wait
+
+    # a 20 s round of a 120 s period: the next starts 120 s after this one started
+    assert next_wait(120.0, 20.0, "promoted") + 20.0 == 120.0
+    # too little data: retried soon, not a whole period later (but never later than the period)
+    assert next_wait(120.0, 0.1, "skip") == RETRY_AFTER_SKIP_S < 120.0
+    assert next_wait(5.0, 0.1, "skip") == 5.0
+    # a round longer than the period still leaves the machine a rest before the next
+    assert next_wait(120.0, 300.0, "kept") == 120.0 * MIN_REST > 0

@@ -11,8 +11,9 @@ import time
 import numpy as np
 
 from features import user_features as UF
-from features.ranking_features import COL, DENSE, time_of_week
+from features.ranking_features import COL, DENSE, SPARSE, hash_token, time_of_week
 from features.taste import history_items, history_vector, similarities
+from models.deepfm import encode_features
 from online.ann.index import AnnIndex
 from online.server import build_server
 from proto import recommend_pb2
@@ -112,6 +113,11 @@ def test_the_scorer_computes_taste_from_the_replica_vectors_and_logs_it(settings
     finally:
         srv.stop(0)
     (batch,) = ranker.batches
+    # the shopper's id is a request-level sparse feature: on every logged row, and the trainer's
+    # encoding of a logged row reads it into the ranker's user_id column
+    assert {row["user_id"] for row in batch.rows()} == {"u1"}
+    sparse, _ = encode_features([batch.row(0)])
+    assert sparse[0, SPARSE.index("user_id")] == hash_token("user_id", "u1") != 0
     unit = {i: v / np.linalg.norm(v) for i, v in zip(ids, raw.astype(np.float64), strict=True)}
     pooled = sum(0.85 ** r * unit[f"s{3 - r}"] for r in range(4))
     user = pooled / np.linalg.norm(pooled)

@@ -6,7 +6,10 @@
    trending per category, new items, co-visitation lists, user sessions and features, and a
    64-d vector per item (embedding store + changelog); builds the HNSW snapshot the scorer
    loads; registers a multi-task ranker (the promoted `mmoe` of the state dir if there is one,
-   else an untrained MMoE: latency is what is measured);
+   else an untrained MMoE: latency is what is measured) and promotes an untrained content
+   two-tower of the retraining loop's shape with its own 1M-item index, so the ANN source
+   asks its session tower for the query vector as the live system does once the loop has
+   promoted one (``--no-tower``: pooled item2vec vectors, the path before);
 3. starts `recsys serve` and, once every worker has preloaded its item rows
    (``item_preload``), drives open-loop load at rising rates (``sim.loadtest``).
 
@@ -43,9 +46,10 @@ from core.redis_client import redis_client
 from core.reports import write_json
 from core.settings import Settings, settings_to_env
 from models.fused import bf16_native
+from models.registry import TWO_TOWER, ModelRegistry, default_root
 from recsys import supervisor as sv
 from recsys.bench.echo import EchoProcess
-from recsys.bench.serve_data import ItemChurn, load_items, prepare_ranker
+from recsys.bench.serve_data import SESSION_ITEMS, ItemChurn, load_items, prepare_ranker, register_tower
 from recsys.embedded.redis_server import free_port
 from recsys.embedded.stack import embedded_stack
 from sim.loadtest import BALANCES, LoadResult, recommend_requests, run_open_loop
@@ -66,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="scorer processes on one port (SO_REUSEPORT); default one per core")
     p.add_argument("--no-ann", action="store_true", help="skip vectors / the HNSW source")
+    p.add_argument("--no-tower", action="store_true",
+                   help="serve the ANN source from pooled item2vec vectors instead of a promoted "
+                        "two-tower's session tower (the live loop promotes one within minutes)")
     p.add_argument("--item-changes-per-s", type=float, default=1000.0,
                    help="item stats rewritten and announced per second during the load, as the "
                         "feature dataflow would (popular items most often); 0: a frozen catalog")
@@ -149,8 +156,11 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
                                            args.retries)
     client = redis_client(s, url=s.redis_url, timeout_s=None)  # bulk loads: no socket timeout
     t0 = time.perf_counter()
+    tower = None if args.no_ann or args.no_tower else register_tower(s, min(args.items, SESSION_ITEMS))
     loaded = load_items(client, s, args.items, args.users, with_vectors=not args.no_ann,
-                        seed=args.seed)
+                        seed=args.seed, tower_version=tower)
+    if tower is not None:  # its item index is written: the scorers will use it from the start
+        ModelRegistry(default_root(s.state_dir)).promote(TWO_TOWER, tower)
     print(f"loaded {args.items} items / {args.users} users in {time.perf_counter() - t0:.0f}s: "
           f"{ {k: v for k, v in loaded.items() if not hasattr(v, 'shape')} }", flush=True)
     model = prepare_ranker(s, original)
@@ -198,7 +208,10 @@ def _run(s: Settings, original: Settings, args: argparse.Namespace) -> int:
         "serve_huge_pages": s.serve_huge_pages, "thp": thp_mode(), "grpc_io": grpc_env.describe(),
         "slo_ms": args.slo_ms, "balance": args.balance, "channels": channels,
         "model": model,
-        "ann": not args.no_ann, "load": os.getloadavg()[0], "recommend_runs": rec_runs,
+        "ann": not args.no_ann, "tower": tower,
+        "ann_queries_worker0": {space: sv.total(after, "recsys_serve_ann_queries_total", space=space)
+                                for space in ("tower", "item2vec")},
+        "load": os.getloadavg()[0], "recommend_runs": rec_runs,
         "echo_runs": echo_runs,
     }
     print(json.dumps({k: v for k, v in report.items() if not k.endswith("_runs")}, indent=2))

@@ -3,6 +3,7 @@ layout and codecs, so the scorer reads it exactly as it reads the dataflows' sta
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -11,11 +12,12 @@ from typing import Any
 import numpy as np
 import redis
 
+from core.reports import write_json
 from core.settings import Settings
 from features.decay import decay_exponent
 from features.writes import Write
 from proto import codecs
-from proto.keys import Keys
+from proto.keys import Keys, tower_keys
 from streams.redis_sink import apply_writes
 
 CHUNK = 10_000
@@ -29,8 +31,14 @@ def _pipe_chunks(client: redis.Redis, n: int, write: Any) -> None:
         pipe.execute()
 
 
+SESSION_ITEMS = 50_000  # the users' sessions and the co-visitation lists draw from the first items
+
+
 def load_items(client: redis.Redis, s: Settings, n_items: int, n_users: int, *, with_vectors: bool,
-               seed: int, n_categories: int = 200, dim: int = 64) -> dict[str, Any]:
+               seed: int, n_categories: int = 200, dim: int = 64,
+               tower_version: str | None = None) -> dict[str, Any]:
+    """Every item's rows, lists, users, and (``with_vectors``) item vectors + HNSW snapshots:
+    the item2vec index, and with ``tower_version`` that two-tower version's item index too."""
     rng = np.random.default_rng(seed)
     k = Keys(s.redis_prefix)
     now = int(time.time() * 1000)
@@ -58,7 +66,7 @@ def load_items(client: redis.Redis, s: Settings, n_items: int, n_users: int, *, 
     for c, js in top_by_cat.items():
         client.zadd(k.trending(f"c{c}"), {f"i{j}": base + float(views[j]) for j in js})
     client.zadd(k.new_items(), {f"i{n_items - 1 - j}": float(now - j) for j in range(min(n_items, 1000))})
-    n_covis = min(n_items, 50_000)
+    n_covis = min(n_items, SESSION_ITEMS)
 
     def covis(pipe: Any, j: int) -> None:
         same = top_by_cat[int(cats[j])]
@@ -67,7 +75,7 @@ def load_items(client: redis.Redis, s: Settings, n_items: int, n_users: int, *, 
     _pipe_chunks(client, n_covis, covis)
 
     def user(pipe: Any, u: int) -> None:
-        viewed = [f"i{int(x)}" for x in rng.integers(0, min(n_items, 50_000), 5)]
+        viewed = [f"i{int(x)}" for x in rng.integers(0, min(n_items, SESSION_ITEMS), 5)]
         prefs = {f"c{int(c)}": float(w) for c, w in zip(rng.integers(0, n_categories, 3),
                                                          (0.6, 0.3, 0.1), strict=True)}
         pipe.set(k.session(f"u{u}"), codecs.encode({
@@ -80,7 +88,7 @@ def load_items(client: redis.Redis, s: Settings, n_items: int, n_users: int, *, 
     out: dict[str, Any] = {"covisit_lists": n_covis, "categories": n_categories,
                            "prices": prices, "item_categories": cats, "log2_views": views}
     if with_vectors:
-        out.update(_vectors(client, s, k, cats, rng, dim))
+        out.update(_vectors(client, s, k, cats, rng, dim, tower_version))
     return out
 
 
@@ -145,27 +153,54 @@ class ItemChurn:
 
 
 def _vectors(client: redis.Redis, s: Settings, k: Keys, cats: np.ndarray, rng: np.random.Generator,
-             dim: int) -> dict[str, Any]:
+             dim: int, tower_version: str | None) -> dict[str, Any]:
     """Category-clustered unit vectors into the embedding store (+ changelog), then the HNSW
-    snapshot the scorer will load (so each scorer does not rebuild 1M items on start)."""
+    snapshot the scorer will load (so each scorer does not rebuild 1M items on start). With
+    ``tower_version``, the same vectors also into that version's item index (what the
+    embeddings dataflow writes for a promoted content two-tower) and its snapshot: an
+    untrained tower's vectors, so the latency, not the neighbours, is what is measured."""
     from features.embedding_store import EmbeddingStore
     from online.ann.follower import IndexFollower
 
-    store = EmbeddingStore(client, k)
+    spaces = [(k, Path(s.state_dir) / "ann")]
+    if tower_version is not None:  # where online.tower.TowerHolder follows a content tower
+        spaces.append((tower_keys(s.redis_prefix, tower_version),
+                       Path(s.state_dir) / "ann_tt" / tower_version))
+    stores = [EmbeddingStore(client, keys) for keys, _ in spaces]
     centres = rng.normal(size=(int(cats.max()) + 1, dim)).astype(np.float32)
     t0 = time.perf_counter()
     for start in range(0, len(cats), CHUNK):
         end = min(len(cats), start + CHUNK)
         v = centres[cats[start:end]] + 0.7 * rng.normal(size=(end - start, dim)).astype(np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
-        store.put_many([f"i{j}" for j in range(start, end)], v)
-    written = time.perf_counter() - t0
-    follower = IndexFollower(client, k, dim, snapshot_dir=Path(s.state_dir) / "ann", build_threads=2,
-                             registry=None)
-    t1 = time.perf_counter()
-    follower.open()
-    follower.snapshot()
-    return {"vectors_written_s": round(written, 1), "ann_build_s": round(time.perf_counter() - t1, 1)}
+        for store in stores:
+            store.put_many([f"i{j}" for j in range(start, end)], v)
+    out: dict[str, Any] = {"vectors_written_s": round(time.perf_counter() - t0, 1)}
+    for (keys, snapshot_dir), name in zip(spaces, ("ann_build_s", "tower_ann_build_s"), strict=False):
+        follower = IndexFollower(client, keys, dim, snapshot_dir=snapshot_dir, build_threads=2, registry=None)
+        t1 = time.perf_counter()
+        follower.open()
+        follower.snapshot()
+        out[name] = round(time.perf_counter() - t1, 1)
+    return out
+
+
+def register_tower(s: Settings, vocab_items: int) -> str:
+    """Register (not promote) an untrained content two-tower of the retraining loop's shape
+    (``models.tower_retrain``) whose vocabulary is the first ``vocab_items`` items (what the
+    users' sessions hold): the scorer's ANN source then asks its session tower for the query
+    vector. Returns the version; promote it once its item index is written."""
+    from models.registry import TWO_TOWER, TWO_TOWER_VOCAB, ModelRegistry, default_root
+    from models.tower_retrain import TowerRetrainConfig, model_config
+    from models.two_tower import TwoTower
+
+    vocab = {f"i{j}": j + 1 for j in range(vocab_items)}  # row 0: padding / unknown
+    model = TwoTower(model_config(TowerRetrainConfig(), vocab_items + 1))
+    with tempfile.TemporaryDirectory() as staging:
+        model.save(Path(staging) / "model.pt", extra={"dataset": "untrained (bench)"})
+        write_json(Path(staging) / TWO_TOWER_VOCAB, vocab)
+        return ModelRegistry(default_root(s.state_dir)).register(
+            TWO_TOWER, staging, {"note": "untrained: latency only"}, model.config.to_dict())
 
 
 def prepare_ranker(s: Settings, original: Settings) -> str:
@@ -188,4 +223,4 @@ def prepare_ranker(s: Settings, original: Settings) -> str:
     return f"{s.ranker_model} (untrained weights: latency only)"
 
 
-__all__ = ["ItemChurn", "item_stats", "load_items", "prepare_ranker"]
+__all__ = ["SESSION_ITEMS", "ItemChurn", "item_stats", "load_items", "prepare_ranker", "register_tower"]

@@ -34,12 +34,18 @@ Each round:
 5. Write the decision (both models' NDCG, CI, per-head ECE and AUC, the reason, slice sizes,
    time) to the registry (``ModelRegistry.record_decision``) BEFORE promoting, so a promoted
    version always has its record; print it as one JSON line. The scorer hot-reloads.
-6. Every ``--tower-every`` rounds: the two-tower on our own sessions (``models.tower_retrain``:
-   trained on the clickstream's sessions with content features, promoted only when its
-   retrieval recall on the newest sessions beats what the ANN source serves), its decision
-   printed as a second JSON line.
+6. The two-tower on our own sessions (``models.tower_retrain``: trained on the clickstream's
+   sessions with content features, promoted only when its retrieval recall on the newest
+   sessions beats what the ANN source serves), its decision printed as a second JSON line:
+   every ``--tower-every`` ranker rounds, or in a loop of its own with ``--only tower``.
 
-`recsys up` runs this every `retrain_interval_s`.
+Schedule: ``--every`` is the period from the start of one round to the start of the next (a
+round longer than the period is followed by a rest of ``MIN_REST`` of it); a round skipped for
+too little data is retried after ``RETRY_AFTER_SKIP_S``, so the first model is trained as soon
+as there is enough traffic rather than a whole period later. `recsys up` runs two loops, each
+its own process, so a long two-tower round never delays the ranker's next round:
+``--only ranker`` every ``retrain_interval_s`` and ``--only tower`` every
+``tower_retrain_interval_s``.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ TOWER_EVERY = 2
 # measured on the 2-core VM (seed 11, 600 s): with the trainer at normal priority the
 # simulator's whole-run RPC p99 rose to 256 ms while a round trained (BENCHMARKS.md)
 RETRAIN_NICE = 10
+RETRY_AFTER_SKIP_S = 15.0  # a skipped round (too few examples / sessions) is retried this soon
+MIN_REST = 0.25  # after a round longer than the period: rest this share of it (the scorer's CPU)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,7 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lower the trainer's CPU priority by this much (0 = as started): on a "
                         "shared machine the scorer's requests come first")
     p.add_argument("--tower-every", type=int, default=TOWER_EVERY,
-                   help="train the two-tower on our own sessions every N rounds (0 = never)")
+                   help="train the two-tower on our own sessions every N ranker rounds (0 = never)")
+    p.add_argument("--only", choices=("ranker", "tower"), default=None,
+                   help="run one loop: the ranker's (every retrain_interval_s) or the two-tower's "
+                        "(every tower_retrain_interval_s); `recsys up` runs both, one process each")
 
 
 def heuristic_predictions(dense: Any) -> Any:
@@ -192,6 +203,21 @@ def independent_slates(test: Any, logged: Any) -> tuple[Any, str]:
                   f"arms, < {MIN_INDEPENDENT_REQUESTS})")
 
 
+def served_ranker(current: Any) -> tuple[Any, str]:
+    """The ranker the scorer serves for the promoted version ``current``: (loaded model, note),
+    or (None, why) when it serves the heuristic: nothing promoted, or a checkpoint this code
+    refuses (another ``FEATURE_VERSION`` after an upgrade: ``online.ranking.ModelHolder`` keeps
+    the heuristic then, so the gate must compare against the heuristic too, not fail)."""
+    from models.ranker_runtime import RankerError, load_ranker
+
+    if current is None:
+        return None, "nothing promoted: the scorer serves the heuristic"
+    try:
+        return load_ranker(current.path, threads=1), f"promoted {current.version}"
+    except RankerError as exc:
+        return None, f"promoted {current.version} is refused ({exc}): the scorer serves the heuristic"
+
+
 def round_once(settings: Settings, epochs: int, min_examples: int,
                policy: PromotionPolicy | None = None, hidden: str = RETRAIN_HIDDEN) -> dict[str, Any]:
     from models import promotion as P
@@ -236,11 +262,11 @@ def round_once(settings: Settings, epochs: int, min_examples: int,
     new = load_ranker(reg.path(name, new_version), threads=1)
     new_probs = new.predict_arrays(test.sparse, test.dense)
     new_side = scored(settings, new_probs, test.dense, examination(new, test.position))
-    if current is not None:
-        cur = load_ranker(current.path, threads=1)
+    cur, served_note = served_ranker(current)
+    if cur is not None:
         cur_side = scored(settings, cur.predict_arrays(test.sparse, test.dense), test.dense,
                           examination(cur, test.position))
-    else:  # nothing promoted yet: the scorer serves the heuristic, which must be beaten too
+    else:  # the scorer serves the heuristic, which must be beaten too
         cur_side = scored(settings, heuristic_predictions(test.dense), test.dense)
     observable, observable_note = purchase_observable(data, test, window_ms)
     rank_rows, rank_note = independent_slates(test, test_logged)
@@ -252,7 +278,8 @@ def round_once(settings: Settings, epochs: int, min_examples: int,
     decision = {
         "action": "promoted" if promote else "kept", "reason": gate.pop("reason"), "model": name,
         "new_version": new_version, "new_checkpoint": trained.get("version"),
-        "current_version": current.version if current else "heuristic-v1", **gate,
+        "current_version": current.version if cur is not None and current else "heuristic-v1",
+        "served_note": served_note, **gate,
         "purchase_ece": observable_note,
         "off_policy": explored_click_rate(test, test_logged, new_probs[:, 0], settings.explore_epsilon,
                                           policy.n_boot, policy.seed),
@@ -293,25 +320,45 @@ def tower_round(settings: Settings) -> dict[str, Any]:
     return run_round(settings, log=lambda m: print(f"[retrain two_tower] {m}", file=sys.stderr, flush=True))
 
 
+def next_wait(every: float, elapsed: float, action: str) -> float:
+    """Seconds until the next round (module doc, schedule)."""
+    if action == "skip":
+        return min(every, RETRY_AFTER_SKIP_S)
+    return max(every - elapsed, every * MIN_REST)
+
+
+def timed(label: str, round_fn: Any, *args: Any) -> tuple[dict[str, Any], float]:
+    """Run one guarded round, print its decision as one JSON line; (decision, seconds)."""
+    t0 = time.monotonic()
+    out = guarded(round_fn, *args)
+    seconds = time.monotonic() - t0
+    print(json.dumps({label: out, "seconds": round(seconds, 1)}, default=str), flush=True)
+    return out, seconds
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    every = settings.retrain_interval_s if args.every is None else args.every
     min_examples = settings.retrain_min_examples if args.min_examples is None else args.min_examples
     policy = policy_from(args)
     if args.nice > 0:
         os.nice(args.nice)
     stop = stop_on_signals()
+    if args.only == "tower":
+        every = settings.tower_retrain_interval_s if args.every is None else args.every
+    else:
+        every = settings.retrain_interval_s if args.every is None else args.every
     n = 0
     while True:
         t0 = time.monotonic()
-        out = guarded(round_once, settings, args.epochs, min_examples, policy, args.hidden)
-        print(json.dumps({"retrain": out, "seconds": round(time.monotonic() - t0, 1)}), flush=True)
-        failed = out["action"] == "error"
-        n += 1
-        if args.tower_every > 0 and n % args.tower_every == 0:  # not the first: no sessions yet
-            t1 = time.monotonic()
-            tower = guarded(tower_round, settings)
-            print(json.dumps({"retrain_two_tower": tower, "seconds": round(time.monotonic() - t1, 1)},
-                             default=str), flush=True)
-            failed = failed or tower["action"] == "error"
-        if every <= 0 or stop.wait(every):
+        if args.only == "tower":
+            out, _ = timed("retrain_two_tower", tower_round, settings)
+            failed = out["action"] == "error"
+        else:
+            out, _ = timed("retrain", round_once, settings, args.epochs, min_examples, policy, args.hidden)
+            failed = out["action"] == "error"
+            n += out["action"] != "skip"
+            if args.only is None and args.tower_every > 0 and out["action"] != "skip" \
+                    and n % args.tower_every == 0:  # not the first: no sessions yet
+                tower, _ = timed("retrain_two_tower", tower_round, settings)
+                failed = failed or tower["action"] == "error"
+        if every <= 0 or stop.wait(next_wait(every, time.monotonic() - t0, out["action"])):
             return 1 if failed else 0

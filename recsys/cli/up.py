@@ -36,7 +36,8 @@ ROLES: dict[str, tuple[str, ...]] = {
     "stream": ("stream",),
     "labels": ("stream", "--flow", "labels"),
     "embeddings": ("stream", "--flow", "embeddings"),
-    "retrain": ("retrain",),
+    "retrain": ("retrain", "--only", "ranker"),
+    "retrain-tower": ("retrain", "--only", "tower"),
     "serve": ("serve",),
     "sim": ("sim",),
 }
@@ -197,6 +198,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         start("embeddings", *ROLES["embeddings"])
         if settings.retrain_interval_s > 0:
             start("retrain", *ROLES["retrain"])
+        if settings.tower_retrain_interval_s > 0:
+            start("retrain-tower", *ROLES["retrain-tower"])
         scorer = start("serve", *ROLES["serve"])
         sv.wait_until(lambda: _healthy(address), 60, f"the scorer on {address}", scorer)
         print(f"[up] scorer SERVING on {address}; dataflow running (logs in {logs})", flush=True)
