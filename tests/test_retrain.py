@@ -112,3 +112,17 @@ def test_schedule_is_a_period_retries_skips_soon_and_rests_after_long_rounds():
     assert next_wait(5.0, 0.1, "skip") == 5.0
     # a round longer than the period still leaves the machine a rest before the next
     assert next_wait(120.0, 300.0, "kept") == 120.0 * MIN_REST > 0
+
+
+def test_trainer_runs_behind_the_serving_processes():
+    """The retrain process lowers its own CPU class (in a child: the test process keeps its own)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from recsys.cli.retrain import lower_priority; "
+            "before = os.nice(0); how = lower_priority(7, sys.argv[1] == 'idle'); "
+            "print(how, os.sched_getscheduler(0) == os.SCHED_IDLE, os.nice(0) - before)")
+    idle = subprocess.run([sys.executable, "-c", code, "idle"], capture_output=True, text=True, check=True)
+    assert idle.stdout.split() == ["SCHED_IDLE", "True", "0"]
+    nice = subprocess.run([sys.executable, "-c", code, "nice"], capture_output=True, text=True, check=True)
+    assert nice.stdout.split() == ["nice", "+7", "False", "7"]

@@ -100,6 +100,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nice", type=int, default=RETRAIN_NICE,
                    help="lower the trainer's CPU priority by this much (0 = as started): on a "
                         "shared machine the scorer's requests come first")
+    p.add_argument("--idle", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the trainer in Linux's SCHED_IDLE class: it gets a core only when no "
+                        "other process wants it (falls back to --nice where unavailable)")
     p.add_argument("--tower-every", type=int, default=TOWER_EVERY,
                    help="train the two-tower on our own sessions every N ranker rounds (0 = never)")
     p.add_argument("--only", choices=("ranker", "tower"), default=None,
@@ -327,6 +330,21 @@ def next_wait(every: float, elapsed: float, action: str) -> float:
     return max(every - elapsed, every * MIN_REST)
 
 
+def lower_priority(nice: int, idle: bool) -> str:
+    """Put this process (and the threads it starts later) behind the serving processes:
+    SCHED_IDLE where asked and available, else ``nice``; what applied, for the log."""
+    if idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError:  # e.g. a seccomp profile that forbids it: nice still works
+            pass
+    if nice > 0:
+        os.nice(nice)
+        return f"nice +{nice}"
+    return "unchanged"
+
+
 def timed(label: str, round_fn: Any, *args: Any) -> tuple[dict[str, Any], float]:
     """Run one guarded round, print its decision as one JSON line; (decision, seconds)."""
     t0 = time.monotonic()
@@ -339,8 +357,7 @@ def timed(label: str, round_fn: Any, *args: Any) -> tuple[dict[str, Any], float]
 def run(settings: Settings, args: argparse.Namespace) -> int:
     min_examples = settings.retrain_min_examples if args.min_examples is None else args.min_examples
     policy = policy_from(args)
-    if args.nice > 0:
-        os.nice(args.nice)
+    print(json.dumps({"cpu_priority": lower_priority(args.nice, args.idle)}), flush=True)
     stop = stop_on_signals()
     if args.only == "tower":
         every = settings.tower_retrain_interval_s if args.every is None else args.every
