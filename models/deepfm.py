@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from features.ranking_features import DENSE, FEATURE_VERSION, SPARSE, FeatureBatch, hash_token
-from models.user_item import UserItemDot
 
 TASKS = ("click", "cart", "purchase")  # column order of label arrays and of Ranker.predict
 DEFAULT_BUCKETS = {"item_id": 1 << 16, "category": 1024, "brand": 4096, "surface": 64,
@@ -118,8 +117,6 @@ class RankerConfig:
     # trained with the shown position (models.position_bias, PAL): the outputs, served without
     # one, are "if shown at the top" probabilities; the forward pass is the same either way
     position_debias: bool = False
-    # width of the user x item dot product on the click logit (models.user_item); 0 = none
-    user_item_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("deepfm", "mmoe"):
@@ -214,11 +211,6 @@ class FeatureEncoder(nn.Module):
         return Encoded(fields, first, fields.flatten(1))  # deep_in [B, F·D]
 
 
-def user_item_term(cfg: RankerConfig) -> UserItemDot | None:
-    """The config's user x item dot product (``models.user_item``), None when it has none."""
-    return UserItemDot(cfg.sparse, cfg.buckets, cfg.user_item_dim) if cfg.user_item_dim > 0 else None
-
-
 class FMInteraction(nn.Module):
     """Second-order FM: [B, F, D] -> [B, D] (sum over D gives the FM scalar)."""
 
@@ -242,12 +234,10 @@ class DeepFM(nn.Module):
         self.encoder = FeatureEncoder(cfg, n_first=1)
         self.fm = FMInteraction()
         self.deep = mlp(self.encoder.out_dim, cfg.hidden, cfg.dropout, out_dim=1)  # [B, F·D] -> [B, 1]
-        self.user_item = user_item_term(cfg)
 
     def logits(self, sparse: Tensor, dense: Tensor) -> Tensor:
         e = self.encoder(sparse, dense)
-        z = e.first + self.fm(e.fields).sum(-1, keepdim=True) + self.deep(e.deep_in)  # [B, 1]
-        return z if self.user_item is None else z + self.user_item(sparse)
+        return e.first + self.fm(e.fields).sum(-1, keepdim=True) + self.deep(e.deep_in)  # [B, 1]
 
     def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
         """Log-probabilities [B, 1] of the one task."""

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.mmoe import MMoE
-from models.user_item import add_to_click
 
 
 def _linears(seq: nn.Module) -> list[nn.Linear]:
@@ -68,7 +67,6 @@ class FusedMMoE(nn.Module):
         k, t = cfg.n_experts, len(cfg.tasks)
         self.k, self.t, self.h1 = k, t, cfg.hidden[0]
         self.esmm = cfg.esmm
-        self.user_item = m.user_item  # the same <user, item> module, float32, or None
         with torch.no_grad():
             self.register_buffer("buckets", enc.buckets.clone())  # [S]
             self.register_buffer("offsets", enc.offsets.clone())  # [S]
@@ -135,8 +133,7 @@ class FusedMMoE(nn.Module):
         towers = torch.baddbmm(self.bt2, g, self.wt2).squeeze(-1).t()  # [B, T]
         towers = towers.float() if low else towers
         first = self.first_sparse(idx).sum(1) + self.first_dense(x)  # [B, T]
-        z = towers + first
-        return z if self.user_item is None else add_to_click(z, self.user_item(sparse))
+        return towers + first
 
     def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
         """Log-probabilities [B, T], as ``MMoE.forward``."""

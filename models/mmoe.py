@@ -5,7 +5,6 @@ Shapes: B = batch, K = ``n_experts``, H = expert output size (``hidden[-1]``), T
     (sparse, dense) ─► FeatureEncoder (the one DeepFM uses) ─► x = [field vectors, FM vector]
     x ─► K shared experts (MLPs) ─► E [B, K, H]
     per task t: gate_t(x) = softmax [B, K] ─► h_t = Σ_k gate·E ─► tower_t(h_t) + first_t ─► z_t
-    optionally z_click += <user vector, item vector>  (``models.user_item``)
 
 With ``esmm`` (default) the towers for cart and purchase model the *post-click* rates and the
 outputs are products over the full impression space::
@@ -25,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.deepfm import FeatureEncoder, FMInteraction, RankerConfig, mlp, user_item_term
-from models.user_item import add_to_click
+from models.deepfm import FeatureEncoder, FMInteraction, RankerConfig, mlp
 
 
 class MMoE(nn.Module):
@@ -46,8 +44,6 @@ class MMoE(nn.Module):
         self.gates = nn.ModuleList(nn.Linear(in_dim, cfg.n_experts) for _ in range(t))
         # one tower per task: [B, H] -> [B, 1]
         self.towers = nn.ModuleList(mlp(h, cfg.tower_hidden, cfg.dropout, out_dim=1) for _ in range(t))
-        # optional <user, item> on the click logit (models.user_item): [B, S] -> [B, 1]
-        self.user_item = user_item_term(cfg)
 
     def logits(self, sparse: Tensor, dense: Tensor) -> Tensor:
         """Raw tower logits [B, T] (post-click rates for cart/purchase under ESMM)."""
@@ -58,8 +54,7 @@ class MMoE(nn.Module):
         for gate, tower in zip(self.gates, self.towers, strict=True):
             g = torch.softmax(gate(x), dim=-1).unsqueeze(-1)  # [B, K, 1]
             outs.append(tower((g * experts).sum(1)))  # [B, 1]
-        z = torch.cat(outs, dim=1) + e.first  # [B, T]
-        return z if self.user_item is None else add_to_click(z, self.user_item(sparse))
+        return torch.cat(outs, dim=1) + e.first  # [B, T]
 
     def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
         """Log-probabilities [B, T] over the full impression space."""

@@ -97,13 +97,11 @@ class RankerTrainConfig:
 
 def make_model(name: str, train: RankingData, dropout: float = 0.1, seed: int = 0,
                embed_dim: int = 8, hidden: tuple[int, ...] = (128, 64), n_experts: int = 4,
-               position_debias: bool = False, sparse: tuple[str, ...] | None = None,
-               user_item_dim: int = 0) -> DeepFM | MMoE:
+               position_debias: bool = False, sparse: tuple[str, ...] | None = None) -> DeepFM | MMoE:
     """A fresh model for ``name`` with dense standardisation from the training split, each head
     starting at its base rate (``position_debias``: the rate at the top position, which is
     what a debiased head predicts). ``sparse``: the sparse fields it reads (default every ``SPARSE`` field; an
-    ablation passes fewer, with the rows' columns to match: ``recsys.bench.user_embedding``);
-    ``user_item_dim``: the user x item dot product's width (``models.user_item``; 0 = none)."""
+    ablation passes fewer, with the rows' columns to match: ``recsys.bench.user_embedding``)."""
     if name not in MODELS:
         raise ValueError(f"unknown ranker {name!r}; choose from {sorted(MODELS)}")
     torch.manual_seed(seed)
@@ -112,8 +110,7 @@ def make_model(name: str, train: RankingData, dropout: float = 0.1, seed: int = 
     cfg = RankerConfig(kind="mmoe" if name == "mmoe" else "deepfm", tasks=MODELS[name], sparse=fields,
                        buckets=tuple(DEFAULT_BUCKETS[f] for f in fields), embed_dim=embed_dim,
                        hidden=hidden, dropout=dropout, n_experts=n_experts,
-                       dense_mean=tuple(float(x) for x in mean), dense_std=tuple(float(x) for x in std),
-                       user_item_dim=user_item_dim)
+                       dense_mean=tuple(float(x) for x in mean), dense_std=tuple(float(x) for x in std))
     model = MMoE(cfg) if cfg.kind == "mmoe" else DeepFM(cfg)
     # start each head at its base rate (post-click rates for the ESMM heads)
     top = train.position == 0

@@ -6,8 +6,10 @@ days) and daily cycles play out in minutes of wall time.
 Where sim time sits relative to wall time (``plan_start``): the stream dataflows reject events
 more than ``max_event_skew_s`` (3 days) in the future, and a fast clock started at "now" runs
 ahead of wall time by ``(speed - 1) * elapsed``. So a run of known length starts in the past,
-at ``now - speed * duration``: sim time ends near wall "now" and is never in the future,
-whatever the speed. An open-ended run (no duration) starts at "now" and runs ahead;
+at ``end - speed * duration``, where ``end`` is wall "now" or, by default (the world's
+``run.end_hour_utc``), the last past occurrence of a fixed UTC hour: sim time is never in the
+future, whatever the speed, and a seed's run covers the same sim hours of the day whenever it
+is started. An open-ended run (no duration) starts at "now" and runs ahead;
 ``skew_horizon_s`` says after how many wall seconds its events start to be dead-lettered.
 At speed 1 (or less) the clock starts at "now": sim time is wall time, which is what the label
 join needs while the scorer stamps impressions with wall time (see sim/simulator.py).
@@ -79,12 +81,20 @@ class VirtualClock:
         return True
 
 
-def plan_start(duration_s: float, speed: float, wall_ms: int | None = None) -> int:
-    """The sim start time for a run of ``duration_s`` wall seconds: it ends at wall "now"."""
+def plan_start(duration_s: float, speed: float, wall_ms: int | None = None,
+               end_hour_utc: float = -1.0) -> int:
+    """The sim start time for a run of ``duration_s`` wall seconds: it ends at wall "now", or,
+    with ``end_hour_utc`` >= 0, at the latest time at or before now whose UTC time of day is
+    that hour (at most a day earlier), so the run's sim hours of the day, and with them the
+    simulator's diurnal arrival rates, do not depend on when it is started."""
     now = int(time.time() * 1000) if wall_ms is None else wall_ms
     if duration_s <= 0 or speed <= 1:
         return now  # speed <= 1 never runs ahead: real time stays real (sim time = wall time)
-    return now - int(speed * duration_s * 1000)
+    end = now
+    if end_hour_utc >= 0:
+        day_ms, at = 86_400_000, int(end_hour_utc * 3_600_000)
+        end = now - (now - at) % day_ms
+    return end - int(speed * duration_s * 1000)
 
 
 def skew_horizon_s(speed: float, start_ms: int, max_skew_s: float, wall_ms: int | None = None) -> float:

@@ -105,6 +105,10 @@ class Run:
     workers: int = 8  # concurrent homepage RPCs
     diagnostic_category_cap: int = 3  # best_ctr_capped: best list with <= this many per category
     explain_share: float = 0.25  # Recommend calls asked to explain (the report's gap analysis)
+    # a timed run's sim clock ends at the latest past HH:00 UTC of this hour, so its sim hours
+    # (and the diurnal arrival rates) are the same whatever time of day it starts; < 0: it ends
+    # at wall "now" (sim.clock.plan_start)
+    end_hour_utc: float = 22.0
 
 
 SECTIONS: dict[str, type] = {"catalog": Catalog, "users": Users, "truth": Truth,
@@ -166,6 +170,8 @@ def _validate(c: WorldConfig) -> None:
         raise WorldConfigError("need at least one item, category and user")
     if c.run.speed <= 0 or c.run.k < 1 or c.run.workers < 1:
         raise WorldConfigError("run.speed must be > 0, run.k and run.workers >= 1")
+    if not c.run.end_hour_utc < 24:
+        raise WorldConfigError("run.end_hour_utc must be < 24 (negative: end at wall now)")
     shares = {"users.drift_share": c.users.drift_share, "users.bot_share": c.users.bot_share,
               "run.oracle_share": c.run.oracle_share, "run.explain_share": c.run.explain_share,
               "truth.cart_rate": c.truth.cart_rate,

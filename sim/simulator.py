@@ -135,7 +135,7 @@ class Simulator:
             workers: int | None = None) -> Stats:
         stop = stop or threading.Event()
         speed = self.cfg.run.speed
-        start = plan_start(duration_s, speed)
+        start = plan_start(duration_s, speed, end_hour_utc=self.cfg.run.end_hour_utc)
         if start <= self.launch_ms:
             raise ValueError(f"speed {speed} x duration {duration_s}s reaches back more than a year "
                              "(before the launch catalog): shorten the run or lower the speed")

@@ -22,12 +22,12 @@ def _trained_like(cfg: RankerConfig, seed: int) -> MMoE:
     return m
 
 
-@pytest.mark.parametrize(("experts", "esmm", "standardise", "user_item"),
-                         [(4, True, True, 0), (2, False, False, 0), (3, True, False, 0), (4, True, True, 6)])
-def test_fused_equals_training_module(experts, esmm, standardise, user_item):
+@pytest.mark.parametrize(("experts", "esmm", "standardise"),
+                         [(4, True, True), (2, False, False), (3, True, False)])
+def test_fused_equals_training_module(experts, esmm, standardise):
     n_dense = len(RankerConfig().dense)
     cfg = RankerConfig(kind="mmoe", tasks=("click", "cart", "purchase"), n_experts=experts, esmm=esmm,
-                       hidden=(48, 24), tower_hidden=(16,), user_item_dim=user_item,
+                       hidden=(48, 24), tower_hidden=(16,),
                        dense_mean=tuple(0.1 * j for j in range(n_dense)) if standardise else (),
                        dense_std=tuple(1.0 + 0.2 * j for j in range(n_dense)) if standardise else ())
     m = _trained_like(cfg, seed=experts)

@@ -265,6 +265,20 @@ def test_clocks():
     assert skew_horizon_s(60, now, 3 * 86400, now) == pytest.approx(3 * 86400 / 59)
 
 
+def test_timed_run_covers_the_same_hours_whatever_its_start():
+    day, hour = 86_400_000, 3_600_000
+    midnight = 1_796_256_000_000  # 2026-12-03 00:00 UTC
+    assert midnight % day == 0
+    ends = []
+    for started in (midnight + 7 * hour + 123, midnight + 21 * hour, midnight + 23 * hour + 5):
+        start = plan_start(600, 60, started, end_hour_utc=22.0)
+        end = start + 600 * 60 * 1000
+        assert end <= started and started - end < day  # never in the future, at most a day back
+        ends.append(end % day)
+    assert ends == [22 * hour] * 3  # the same sim time of day, so the same diurnal rates
+    assert plan_start(600, 60, midnight + 22 * hour, end_hour_utc=22.0) == midnight + 22 * hour - 600 * 60_000
+
+
 def test_confidence_intervals():
     lo, hi = wilson(30, 1000)
     assert lo < 0.03 < hi and hi - lo < 0.025

@@ -45,10 +45,7 @@ from sim.training_set import TrainingSetConfig, simulate
 
 USER_FIELD = "user_id"
 USER_COL = SPARSE.index(USER_FIELD)
-# without the field (FEATURE_VERSION 2's ranker) / with it / with it and the user x item dot
-# product on the click logit (models.user_item)
-ARMS = ("base", "user_id", "user_item")
-PAIRS = (("user_id", "base"), ("user_item", "user_id"))  # (arm, against)
+ARMS = ("base", "user_id")  # without the field (FEATURE_VERSION 2's ranker) / with it
 
 
 def without_user_column(data: RankingData) -> RankingData:
@@ -74,9 +71,9 @@ def train_arm(arm: str, parts: tuple[RankingData, RankingData, RankingData], see
     train, valid, test = parts
     cpu = torch.device("cpu")
     tcfg = RankerTrainConfig(epochs=args.epochs, lr=args.lr, seed=seed, log_every_s=1e9)
-    fields = SPARSE if arm != "base" else tuple(f for f in SPARSE if f != USER_FIELD)
+    fields = SPARSE if arm == "user_id" else tuple(f for f in SPARSE if f != USER_FIELD)
     model = make_model("mmoe", train, seed=seed, hidden=tuple(int(h) for h in args.hidden.split(",")),
-                       sparse=fields, user_item_dim=args.user_item_dim if arm == "user_item" else 0)
+                       sparse=fields)
     res = fit(model, train, valid, tcfg, cpu, log=lambda _m: None)
     out: dict[str, Any] = {"arm": arm, "seed": seed, "best_epoch": res.best_epoch,
                            "train_s": round(res.train_s, 1)}
@@ -94,15 +91,13 @@ def train_arm(arm: str, parts: tuple[RankingData, RankingData, RankingData], see
 
 
 def summarise(runs: list[dict[str, Any]], key: str, n_boot: int) -> dict[str, Any]:
-    """Seed-mean per-request NDCG of each arm on ``key`` and each pair's paired difference CI."""
+    """Seed-mean per-request NDCG of each arm on ``key`` and the paired difference's CI."""
     mean = {a: np.mean([r[key] for r in runs if r["arm"] == a], axis=0) for a in ARMS}
-    out: dict[str, Any] = {a: round(float(m.mean()), 5) for a, m in mean.items()}
-    out["requests"] = int(mean["base"].size)
-    for arm, ref in PAIRS:
-        ci = bootstrap_mean_diff(mean[arm], mean[ref], n_boot)
-        out[f"{arm}-{ref}"] = {"mean": float(mean[arm].mean() - mean[ref].mean()),
-                               "ci95": ci["diff_ci95"], "ratio_ci95": ci["ratio_ci95"]}
-    return out
+    ci = bootstrap_mean_diff(mean["user_id"], mean["base"], n_boot)
+    return {"base": round(float(mean["base"].mean()), 5), "user_id": round(float(mean["user_id"].mean()), 5),
+            "requests": int(mean["base"].size),
+            "diff": {"mean": float(mean["user_id"].mean() - mean["base"].mean()),
+                     "ci95": ci["diff_ci95"], "ratio_ci95": ci["ratio_ci95"]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="the live retrain's")
     p.add_argument("--lr", type=float, default=RankerTrainConfig.lr)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--user-item-dim", type=int, default=16, help="the user_item arm's dot width")
     p.add_argument("--seen-rows", type=int, default=20, help="'seen' shoppers: rows in training")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bootstrap", type=int, default=1000)
@@ -150,13 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     v = report["ndcg10_true"]["valid"]
-    report["decision"] = {f"{arm} over {ref}": "gain (95% CI above 0)" if v[f"{arm}-{ref}"]["ci95"][0] > 0
-                          else "no gain whose 95% CI excludes 0" for arm, ref in PAIRS}
+    report["decision"] = ("add the user-id field" if v["diff"]["ci95"][0] > 0 else
+                          "leave it out: no gain on the validation period whose 95% CI excludes 0")
     for k, s in report["ndcg10_true"].items():
-        arms = "  ".join(f"{a} {s[a]:.4f}" for a in ARMS)
-        diffs = "  ".join(f"{a}-{r} {s[f'{a}-{r}']['mean']:+.4f} [{s[f'{a}-{r}']['ci95'][0]:+.4f}, "
-                          f"{s[f'{a}-{r}']['ci95'][1]:+.4f}]" for a, r in PAIRS)
-        print(f"{k:11s} NDCG@10 {arms}  {diffs}  ({s['requests']} requests)")
+        d = s["diff"]
+        print(f"{k:11s} NDCG@10 base {s['base']:.4f}  +user_id {s['user_id']:.4f}  diff {d['mean']:+.4f} "
+              f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]  ({s['requests']} requests)")
     print(f"decision (validation period): {report['decision']}")
     if args.report:
         write_json(args.report, report)
