@@ -1,0 +1,107 @@
+"""Should the live retrain also learn from its validation slice? (the learning-loop issue)
+
+    python -m recsys.bench.refit_split --days 0.125,0.45 --report reports/refit_split.json
+
+The retrain splits its examples by time 70 / 15 / 15: it trains on the oldest 70%, stops early
+on the next 15% and gates on the newest 15%, so the freshest 30% never reach the weights. This
+compares, on the simulated shop of a VALIDATION world (``--world-seed`` 0; the live
+measurements use 7 / 11 / 23) at the live run's density (860 shopper sessions per sim hour),
+for each recorded length in ``--days`` (0.125 = 3 sim hours, a mid-run round; 0.45 = a run's
+end):
+
+* ``A``: the live practice: the MMoE of the live retrain (``--hidden 32``, 3 epochs) on the
+  70%, early-stopped on the next 15%;
+* ``B``: the same model refitted on the 70% + 15% for A's best epoch count (no early stopping).
+
+Both are scored on the same newest 15%: each request's shown slate ranked by the click head,
+NDCG@10 against the TRUE position-free relevance, seed-mean per request, paired bootstrap of
+B - A.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.reports import write_json
+from core.settings import Settings
+from models.position_bias import bootstrap_mean_diff
+from models.ranker_eval import predict_raw
+from models.ranking_dataset import RankingData, time_split
+from models.train_ranker import RankerTrainConfig, fit, make_model
+from recsys.bench.position_debias import per_request_ndcg
+from sim.config import WorldConfig, load_config
+from sim.training_set import TrainingSetConfig, simulate
+
+CPU = torch.device("cpu")
+
+
+def ndcg_of(model: Any, test: RankingData, world: WorldConfig) -> Any:
+    return per_request_ndcg(test, predict_raw(model, test, CPU)[:, 0], world)
+
+
+def compare(days: float, args: argparse.Namespace, settings: Settings, world: WorldConfig) -> dict[str, Any]:
+    cfg = TrainingSetConfig(days=days + args.warmup_days, warmup_days=args.warmup_days,
+                            sessions_per_h=args.rate)
+    data = simulate(cfg, settings, world=world)
+    tr, va, te = time_split(data.times, 0.15, 0.15)
+    train, valid, test = data.take(tr), data.take(va), data.take(te)
+    both = data.take(np.concatenate([tr, va]))
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    scores: dict[str, list[Any]] = {"A": [], "B": []}
+    epochs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        a = make_model("mmoe", train, seed=seed, hidden=hidden)
+        res = fit(a, train, valid, RankerTrainConfig(epochs=args.epochs, seed=seed, log_every_s=1e9), CPU,
+                  log=lambda _m: None)
+        b = make_model("mmoe", both, seed=seed, hidden=hidden)
+        fit(b, both, None, RankerTrainConfig(epochs=res.best_epoch, seed=seed, log_every_s=1e9), CPU,
+            log=lambda _m: None)
+        scores["A"].append(ndcg_of(a, test, world))
+        scores["B"].append(ndcg_of(b, test, world))
+        epochs.append(res.best_epoch)
+        print(f"  {days} days, seed {seed}: best epoch {res.best_epoch}  A {scores['A'][-1].mean():.4f}  "
+              f"B {scores['B'][-1].mean():.4f}", file=sys.stderr, flush=True)
+    mean_a, mean_b = np.mean(scores["A"], axis=0), np.mean(scores["B"], axis=0)
+    ci = bootstrap_mean_diff(mean_b, mean_a, args.bootstrap)
+    return {"days": days, "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
+            "requests": int(mean_a.size), "best_epochs": epochs,
+            "A_train70": round(float(mean_a.mean()), 5), "B_refit85": round(float(mean_b.mean()), 5),
+            "diff": float(mean_b.mean() - mean_a.mean()), "diff_ci95": ci["diff_ci95"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recsys.bench.refit_split", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--world-seed", type=int, default=0, help="validation world (not 7 / 11 / 23)")
+    p.add_argument("--days", default="0.125,0.45", help="recorded sim days, one comparison each")
+    p.add_argument("--warmup-days", type=float, default=0.05)
+    p.add_argument("--rate", type=float, default=860.0, help="shopper sessions per sim hour")
+    p.add_argument("--hidden", default="32", help="MMoE expert layers (the live retrain's)")
+    p.add_argument("--epochs", type=int, default=3, help="the live retrain's")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    settings = Settings(sim_seed=args.world_seed)
+    world = load_config(settings)
+    rows = [compare(float(d), args, settings, world) for d in args.days.split(",")]
+    for r in rows:
+        print(f"{r['days']} days ({r['rows']['train']} training rows): NDCG@10 A (70%) {r['A_train70']:.4f}  "
+              f"B (refit on 85%) {r['B_refit85']:.4f}  diff {r['diff']:+.4f} "
+              f"[{r['diff_ci95'][0]:+.4f}, {r['diff_ci95'][1]:+.4f}]  ({r['requests']} requests)")
+    if args.report:
+        write_json(args.report, {"command": " ".join(["python -m recsys.bench.refit_split",
+                                                      *(sys.argv[1:] if argv is None else argv)]),
+                                 "world_seed": args.world_seed, "comparisons": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
