@@ -31,11 +31,11 @@ from core.reports import write_json
 from core.settings import Settings
 from models.position_bias import bootstrap_mean_diff
 from models.ranker_eval import predict_raw
-from models.ranking_dataset import RankingData, time_split
+from models.ranking_dataset import RankingData
 from models.train_ranker import RankerTrainConfig, fit, make_model
+from recsys.bench.live_world import add_live_world_arguments, hidden_of, live_data, live_world
 from recsys.bench.position_debias import per_request_ndcg
-from sim.config import WorldConfig, load_config
-from sim.training_set import TrainingSetConfig, simulate
+from sim.config import WorldConfig
 
 CPU = torch.device("cpu")
 
@@ -45,13 +45,9 @@ def ndcg_of(model: Any, test: RankingData, world: WorldConfig) -> Any:
 
 
 def compare(days: float, args: argparse.Namespace, settings: Settings, world: WorldConfig) -> dict[str, Any]:
-    cfg = TrainingSetConfig(days=days + args.warmup_days, warmup_days=args.warmup_days,
-                            sessions_per_h=args.rate)
-    data = simulate(cfg, settings, world=world)
-    tr, va, te = time_split(data.times, 0.15, 0.15)
-    train, valid, test = data.take(tr), data.take(va), data.take(te)
-    both = data.take(np.concatenate([tr, va]))
-    hidden = tuple(int(h) for h in args.hidden.split(","))
+    data, (train, valid, test) = live_data(days, args, settings, world)
+    both = data.take(np.flatnonzero(data.times < test.times.min()))  # train + valid (time_split)
+    hidden = hidden_of(args)
     scores: dict[str, list[Any]] = {"A": [], "B": []}
     epochs = []
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -77,20 +73,11 @@ def compare(days: float, args: argparse.Namespace, settings: Settings, world: Wo
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recsys.bench.refit_split", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--world-seed", type=int, default=0, help="validation world (not 7 / 11 / 23)")
+    add_live_world_arguments(p)
     p.add_argument("--days", default="0.125,0.45", help="recorded sim days, one comparison each")
-    p.add_argument("--warmup-days", type=float, default=0.05)
-    p.add_argument("--rate", type=float, default=860.0, help="shopper sessions per sim hour")
-    p.add_argument("--hidden", default="32", help="MMoE expert layers (the live retrain's)")
-    p.add_argument("--epochs", type=int, default=3, help="the live retrain's")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--bootstrap", type=int, default=1000)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = Settings(sim_seed=args.world_seed)
-    world = load_config(settings)
+    settings, world = live_world(args)
     rows = [compare(float(d), args, settings, world) for d in args.days.split(",")]
     for r in rows:
         print(f"{r['days']} days ({r['rows']['train']} training rows): NDCG@10 A (70%) {r['A_train70']:.4f}  "

@@ -32,16 +32,15 @@ import numpy.typing as npt
 import torch
 
 from core.reports import write_json
-from core.settings import Settings
 from features.ranking_features import SPARSE
 from models import offline_metrics as metrics
 from models.position_bias import bootstrap_mean_diff
 from models.ranker_eval import predict_raw
-from models.ranking_dataset import RankingData, time_split
+from models.ranking_dataset import RankingData
 from models.train_ranker import RankerTrainConfig, fit, make_model
+from recsys.bench.live_world import Parts, add_live_world_arguments, hidden_of, live_data, live_world
 from recsys.bench.position_debias import per_request_ndcg, rankable
-from sim.config import WorldConfig, load_config
-from sim.training_set import TrainingSetConfig, simulate
+from sim.config import WorldConfig
 
 USER_FIELD = "user_id"
 USER_COL = SPARSE.index(USER_FIELD)
@@ -61,7 +60,7 @@ def seen_mask(train: RankingData, part: RankingData, min_rows: int) -> npt.NDArr
     return np.array([u in often for u in part.sparse[:, USER_COL].tolist()], dtype=bool)
 
 
-def train_arm(arm: str, parts: tuple[RankingData, RankingData, RankingData], seed: int,
+def train_arm(arm: str, parts: Parts, seed: int,
               args: argparse.Namespace, world: WorldConfig) -> dict[str, Any]:
     """One training run; per-request NDCG [R] on valid / test (all and seen users), click
     metrics at the shown positions."""
@@ -72,8 +71,7 @@ def train_arm(arm: str, parts: tuple[RankingData, RankingData, RankingData], see
     cpu = torch.device("cpu")
     tcfg = RankerTrainConfig(epochs=args.epochs, lr=args.lr, seed=seed, log_every_s=1e9)
     fields = SPARSE if arm == "user_id" else tuple(f for f in SPARSE if f != USER_FIELD)
-    model = make_model("mmoe", train, seed=seed, hidden=tuple(int(h) for h in args.hidden.split(",")),
-                       sparse=fields)
+    model = make_model("mmoe", train, seed=seed, hidden=hidden_of(args), sparse=fields)
     res = fit(model, train, valid, tcfg, cpu, log=lambda _m: None)
     out: dict[str, Any] = {"arm": arm, "seed": seed, "best_epoch": res.best_epoch,
                            "train_s": round(res.train_s, 1)}
@@ -103,28 +101,15 @@ def summarise(runs: list[dict[str, Any]], key: str, n_boot: int) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recsys.bench.user_embedding", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--world-seed", type=int, default=0, help="validation world (not 7 / 11 / 23)")
+    add_live_world_arguments(p)
     p.add_argument("--days", type=float, default=0.5, help="recorded sim days")
-    p.add_argument("--warmup-days", type=float, default=0.05)
-    p.add_argument("--rate", type=float, default=860.0, help="shopper sessions per sim hour")
-    p.add_argument("--hidden", default="32", help="MMoE expert layers (the live retrain's)")
-    p.add_argument("--epochs", type=int, default=3, help="the live retrain's")
     p.add_argument("--lr", type=float, default=RankerTrainConfig.lr)
-    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--seen-rows", type=int, default=20, help="'seen' shoppers: rows in training")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--bootstrap", type=int, default=1000)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    settings = Settings(sim_seed=args.world_seed)
-    world = load_config(settings)
-    cfg = TrainingSetConfig(days=args.days + args.warmup_days, warmup_days=args.warmup_days,
-                            sessions_per_h=args.rate)
-    data = simulate(cfg, settings, world=world)
-    tr, va, te = time_split(data.times, 0.15, 0.15)
-    parts = (data.take(tr), data.take(va), data.take(te))
+    settings, world = live_world(args)
+    data, parts = live_data(args.days, args, settings, world)
     n_users = int(np.unique(data.sparse[:, USER_COL]).size)
     print(f"user_embedding: {len(data)} rows, {n_users} users", file=sys.stderr, flush=True)
     runs = [train_arm(arm, parts, int(s), args, world) for s in args.seeds.split(",") for arm in ARMS]

@@ -98,8 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-gain", type=float, default=d.min_gain, help="NDCG margin over the served model")
     p.add_argument("--require-ci", action="store_true", help="the NDCG gain's 95%% CI must exclude 0")
     p.add_argument("--nice", type=int, default=RETRAIN_NICE,
-                   help="lower the trainer's CPU priority by this much (0 = as started): on a "
-                        "shared machine the scorer's requests come first")
+                   help="with --no-idle, or where SCHED_IDLE is unavailable: lower the trainer's CPU "
+                        "priority by this much (0 = as started), so the scorer's requests come first")
     p.add_argument("--idle", action=argparse.BooleanOptionalAction, default=True,
                    help="run the trainer in Linux's SCHED_IDLE class: it gets a core only when no "
                         "other process wants it (falls back to --nice where unavailable)")
@@ -345,13 +345,12 @@ def lower_priority(nice: int, idle: bool) -> str:
     return "unchanged"
 
 
-def timed(label: str, round_fn: Any, *args: Any) -> tuple[dict[str, Any], float]:
-    """Run one guarded round, print its decision as one JSON line; (decision, seconds)."""
+def timed(label: str, round_fn: Any, *args: Any) -> dict[str, Any]:
+    """Run one guarded round, print its decision and duration as one JSON line; the decision."""
     t0 = time.monotonic()
     out = guarded(round_fn, *args)
-    seconds = time.monotonic() - t0
-    print(json.dumps({label: out, "seconds": round(seconds, 1)}, default=str), flush=True)
-    return out, seconds
+    print(json.dumps({label: out, "seconds": round(time.monotonic() - t0, 1)}, default=str), flush=True)
+    return out
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -367,15 +366,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     while True:
         t0 = time.monotonic()
         if args.only == "tower":
-            out, _ = timed("retrain_two_tower", tower_round, settings)
-            failed = out["action"] == "error"
+            out = timed("retrain_two_tower", tower_round, settings)
         else:
-            out, _ = timed("retrain", round_once, settings, args.epochs, min_examples, policy, args.hidden)
-            failed = out["action"] == "error"
-            n += out["action"] != "skip"
-            if args.only is None and args.tower_every > 0 and out["action"] != "skip" \
-                    and n % args.tower_every == 0:  # not the first: no sessions yet
-                tower, _ = timed("retrain_two_tower", tower_round, settings)
-                failed = failed or tower["action"] == "error"
+            out = timed("retrain", round_once, settings, args.epochs, min_examples, policy, args.hidden)
+        failed = out["action"] == "error"
+        if args.only is None and out["action"] != "skip":
+            n += 1
+            if args.tower_every > 0 and n % args.tower_every == 0:  # not the first: no sessions yet
+                failed = timed("retrain_two_tower", tower_round, settings)["action"] == "error" or failed
         if every <= 0 or stop.wait(next_wait(every, time.monotonic() - t0, out["action"])):
             return 1 if failed else 0
