@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     label_time_scale: float = 1.0  # event time / wall time (the simulator's --speed under `up`)
     retrain_interval_s: float = 120.0  # `recsys up`: start a ranker round this often (0 = never)
     retrain_min_examples: Int = 2000
+    # refit the early-stopped ranker on train + valid before the gate (`recsys retrain --refit`)
+    retrain_refit: Flag = True
     # `recsys up`: the two-tower's own retraining loop, this often (0 = never); a round costs
     # about as much CPU as two of the ranker's at 6k sessions (BENCHMARKS.md, learning loop)
     tower_retrain_interval_s: float = 240.0

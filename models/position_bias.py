@@ -12,13 +12,13 @@ are all over the impression space). The simulator's truth has exactly this form
 
 * ``PositionBias``: one learned log examination probability per position; position 0 is
   pinned at log 1 = 0, position k > 0 is ``-softplus(θ_k)`` (so examine ≤ 1); positions
-  ``>= max_positions`` share the last one. ``models.train_ranker.fit`` starts it at the
+  ``>= max_positions`` share the last one. ``models.ranker_fit.fit`` starts it at the
   observed click-rate ratios (``click_rate_ratio``: right for a random order; under a ranked
   one they also carry what was shown where, which the joint fit separates) and steps it with
   its own, larger learning rate (``RankerTrainConfig.position_lr``).
 * ``PositionAware``: (ranker, PositionBias) as ONE module (so DDP syncs both):
   ``forward(sparse, dense, position) = ranker(sparse, dense) + log_examine(position)``, the
-  observed log-probabilities the loss of ``models.train_ranker.fit`` is taken on.
+  observed log-probabilities the loss of ``models.ranker_fit.fit`` is taken on.
 * Served, the ranker alone (no position input: ``models.ranker_runtime`` and the fused model
   are unchanged) gives "the probability if shown at the top".
 * ``calibrate_and_evaluate_shown``: each head's calibrator is fitted so that calibrated

@@ -44,6 +44,13 @@ class RankingData:
         arrays = {f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self) if f.name != "meta"}
         return RankingData(**arrays, meta=dict(self.meta))
 
+    @classmethod
+    def concat(cls, *parts: RankingData) -> RankingData:
+        """The parts' rows one after another (their ``meta`` from the first)."""
+        arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                  for f in dataclasses.fields(cls) if f.name != "meta"}
+        return cls(**arrays, meta=dict(parts[0].meta) if parts else {})
+
     def save(self, path: str | Path) -> None:
         arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "meta"}
         np.savez_compressed(path, **arrays, meta_json=np.array(json.dumps(self.meta, default=str)))

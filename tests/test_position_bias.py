@@ -24,8 +24,8 @@ from models.position_bias import (
     ndcg_per_request,
 )
 from models.ranker_eval import predict_raw
+from models.ranker_fit import RankerTrainConfig, fit, make_model
 from models.ranking_dataset import RankingData, time_split
-from models.train_ranker import RankerTrainConfig, fit, make_model
 
 K = 10  # items per request
 CPU = torch.device("cpu")

@@ -86,6 +86,16 @@ def test_gate_refuses_a_worse_ranker_and_accepts_a_better_calibrated_one():
     assert not strict["promote"] and "not significant" in strict["reason"]
 
 
+def test_gate_wants_enough_slates_with_a_positive():
+    s = _slice(requests=30, seed=3)
+    good = P.Scored(s["probs"][:, 0], s["probs"])
+    weak = P.Scored(s["probs"][:, 0] * np.exp(1.5 * s["noise"]), s["probs"])
+    d = _decide(s, good, weak, max_ece=1.0)  # ECE on 300 rows is noise: rank alone decides here
+    assert d["ndcg_gain"] > 0 and 0 < d["requests_scored"] < P.PromotionPolicy().min_requests
+    assert not d["promote"] and "too little evidence" in d["reason"]
+    assert _decide(s, good, weak, max_ece=1.0, min_requests=d["requests_scored"])["promote"]
+
+
 def test_gate_refuses_a_miscalibrated_ranker_that_ranks_the_same():
     s = _slice()
     weak = P.Scored(s["probs"][:, 0] * np.exp(1.5 * s["noise"]), s["probs"])
@@ -267,18 +277,20 @@ def test_debiased_ndcg_credits_clicks_low_in_the_incumbents_order():
     assert debiased["ndcg_gain_ci95"][0] > 0 >= raw["ndcg_gain_ci95"][0]
 
 
-def test_the_gate_ranks_on_slates_no_ranker_under_test_ordered_when_there_are_enough():
-    from recsys.cli.retrain import MIN_INDEPENDENT_REQUESTS, independent_slates
+def test_the_gate_ranks_on_the_slates_a_ranker_ordered_when_there_are_enough():
+    from recsys.cli.retrain import MIN_RANKED_REQUESTS, ranked_slates
 
     rng = np.random.default_rng(2)
-    n_req = 3 * MIN_INDEPENDENT_REQUESTS
+    n_req = 4 * MIN_RANKED_REQUESTS
     arm = np.repeat(rng.choice(["model", "popular", "random"], n_req), SLATE)
     request = np.repeat(np.arange(n_req), SLATE)
     labels = np.zeros((n_req * SLATE, 3), dtype=np.float32)
     labels[::SLATE, 0] = 1.0  # every slate has a click
     test = SimpleNamespace(request=request, labels=labels)
-    rows, note = independent_slates(test, SimpleNamespace(arm=arm))
-    assert rows is not None and np.array_equal(rows, arm != "model") and "popular, random" in note
-    few = np.where(request < MIN_INDEPENDENT_REQUESTS // 2, arm, "model")  # too few others left
-    rows, note = independent_slates(test, SimpleNamespace(arm=few))
-    assert rows is None and "every slate" in note
+    rows, note = ranked_slates(test, SimpleNamespace(arm=arm))
+    assert rows is not None and np.array_equal(rows, arm == "model") and "(model)" in note
+    few = np.where(request < MIN_RANKED_REQUESTS // 2, arm, "popular")  # too few ranked left
+    rows, note = ranked_slates(test, SimpleNamespace(arm=few))
+    assert rows is None and "only" in note and "every slate" in note
+    rows, note = ranked_slates(test, SimpleNamespace(arm=np.full(arm.shape, "model")))  # no A/B
+    assert rows is None and "all ranked" in note

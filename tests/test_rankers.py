@@ -30,7 +30,7 @@ from models.deepfm import (
 )
 from models.mmoe import MMoE
 from models.ranker_eval import calibrate_and_evaluate
-from models.train_ranker import RankerTrainConfig, fit, make_model
+from models.ranker_fit import RankerTrainConfig, fit, make_model
 from proto import codecs, events_pb2
 from proto.keys import Keys
 from sim import training_set as TS
@@ -282,7 +282,7 @@ def test_training_examples_from_the_kafka_topic(settings):
 
 
 def test_negative_sampling_keeps_weighted_rates_unbiased():
-    from models.train_ranker import sample_negatives
+    from models.ranker_fit import sample_negatives
 
     rng = np.random.default_rng(3)
     y = (rng.random((200_000, 3)) < [0.04, 0.01, 0.004]).astype(np.float32)

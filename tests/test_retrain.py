@@ -66,6 +66,10 @@ def test_retrain_promotes_only_what_the_gate_passes(settings, tmp_path):
     print(json.dumps({k: first[k] for k in ("action", "reason", "new", "current")}))
     assert first["training"]["rows"] == 4000  # the degraded and fallback rows were left out
     assert first["training"]["dropped"] == {"degraded": 20, "fallback_items": 20}
+    # refitted on every row before the gate's slice (train + valid), never on the slice itself
+    refit, training = first["training"]["refit"], first["training"]
+    assert refit["rows"] == training["train_rows"] == training["rows"] - first["slice"]["rows"]
+    assert refit["epochs"] >= 1
     # nothing promoted yet: the new model had to beat the heuristic ranker on the same slice
     assert first["current_version"] == "heuristic-v1"
     assert first["new"]["mean_auc"] > 0.65  # it learned the click ~ price relation

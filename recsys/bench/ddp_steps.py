@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from models.distributed import Dist, init_from_env
+from models.ranker_fit import RankerTrainConfig, batch_loss, fit, make_model, prepare
 from models.ranking_dataset import RankingData
-from models.train_ranker import RankerTrainConfig, batch_loss, fit, make_model, prepare
 
 
 def run_steps(data_path: str | Path, steps: int, batch_size: int, seed: int, model: str,

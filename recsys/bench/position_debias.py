@@ -44,8 +44,8 @@ from core.reports import write_json
 from models import offline_metrics as metrics
 from models.position_bias import bootstrap_mean_diff, click_rate_ratio, ndcg_per_request, shown_predictions
 from models.ranker_eval import predict_raw
+from models.ranker_fit import RankerTrainConfig, fit, make_model
 from models.ranking_dataset import RankingData, time_split
-from models.train_ranker import RankerTrainConfig, fit, make_model
 from sim.config import WorldConfig
 from sim.training_set import TrainingSetConfig, simulate
 from sim.world import position_bias

@@ -36,8 +36,8 @@ from features.ranking_features import SPARSE
 from models import offline_metrics as metrics
 from models.position_bias import bootstrap_mean_diff
 from models.ranker_eval import predict_raw
+from models.ranker_fit import RankerTrainConfig, fit, make_model
 from models.ranking_dataset import RankingData
-from models.train_ranker import RankerTrainConfig, fit, make_model
 from recsys.bench.live_world import Parts, add_live_world_arguments, hidden_of, live_data, live_world
 from recsys.bench.position_debias import per_request_ndcg, rankable
 from sim.config import WorldConfig

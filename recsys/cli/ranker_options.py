@@ -10,8 +10,9 @@ import sys
 from typing import Any
 
 from models import delayed_feedback as DF
+from models.ranker_fit import MODELS, Log, RankerTrainConfig
 from models.ranking_dataset import RankingData
-from models.train_ranker import MODELS, DataLoader, Log, RankerTrainConfig, run
+from models.train_ranker import DataLoader, run
 from sim.training_set import TrainingSetConfig
 
 
@@ -53,6 +54,9 @@ def add_ranker_arguments(p: argparse.ArgumentParser, standalone: bool = False) -
                    help="keep this share of all-negative rows, weighted 1/ratio (importance weights)")
     g.add_argument("--position-debias", action=argparse.BooleanOptionalAction, default=d.position_debias,
                    help="train with the shown position (PAL, models.position_bias); serve position-free")
+    g.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d.refit,
+                   help="after early stopping, train a fresh model on train + valid for the chosen "
+                        "epoch count and export that one (calibrated on valid; models.train_ranker)")
     g.add_argument("--sim-days", type=float, default=s.days, help="simulated days (2 of warm-up)")
     g.add_argument("--sim-rate", type=float, default=s.sessions_per_h, help="shopper sessions per sim hour")
     g.add_argument("--world", metavar="TOML", help="world file (as `recsys sim --world`)")
