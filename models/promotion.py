@@ -51,6 +51,11 @@ Array = npt.NDArray[np.float64]
 MAX_IPS = 10.0  # cap on the 1/examine(position) weight of a label in the debiased NDCG
 
 
+def ips_weight(examine: npt.ArrayLike) -> Array:
+    """Each label's weight in the debiased NDCG: 1 / examine(position), capped at ``MAX_IPS``."""
+    return np.minimum(1.0 / np.maximum(np.asarray(examine, dtype=np.float64), 1e-9), MAX_IPS)
+
+
 @dataclasses.dataclass(frozen=True)
 class PromotionPolicy:
     k: int = 10  # NDCG@k
@@ -190,8 +195,7 @@ def decide(policy: PromotionPolicy, labels: npt.ArrayLike, request: npt.ArrayLik
     ``rank_rows`` (default all) restricts NDCG to those rows' slates, e.g. the slates the
     served model did not choose; calibration is checked on every row."""
     curve = new.examine if new.examine is not None else current.examine
-    weight = None if curve is None else np.minimum(
-        1.0 / np.maximum(np.asarray(curve, dtype=np.float64), 1e-9), MAX_IPS)
+    weight = None if curve is None else ips_weight(curve)
     sel = slice(None) if rank_rows is None else np.asarray(rank_rows, dtype=bool)
 
     def part(x: npt.ArrayLike | None) -> Any:

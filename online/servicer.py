@@ -57,6 +57,11 @@ class DeadlineExceeded(Exception):
     pass
 
 
+# A/B arms whose lists no ranker orders (``_recommend``: popular by popularity, random shuffled);
+# the retrain's promotion gate tells their slates apart from ranked ones (recsys.cli.retrain)
+UNRANKED_ARMS = ("popular", "random")
+
+
 def assign_arm(user_id: str, experiment: str, arms: tuple[str, ...],
                weights: tuple[float, ...] = ()) -> str:
     """Deterministic A/B bucketing: the same user always lands in the same arm. The 64-bit hash

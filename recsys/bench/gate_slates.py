@@ -34,24 +34,20 @@ from models.example_store import ExampleStore
 from models.ranker_runtime import load_ranker
 from models.registry import ModelRegistry, default_root
 from models.training_examples import load_logged_examples
-from recsys.cli.retrain import UNRANKED_ARMS, examination, heuristic_predictions, scored
+from online.servicer import UNRANKED_ARMS
+from recsys.cli.retrain import examination, heuristic_predictions, scored
 
 SETS = ("ranked", "popular+random", "all")
 
 
-def gains(settings: Settings, data: Any, arm: Any, rows: Any, model: Any, heuristic: Any,
+def gains(data: Any, unranked: Any, rows: Any, new: Any, served: Any, weight: Any,
           n_boot: int) -> dict[str, Any]:
-    """The version's NDCG@10 gain over the heuristic on ``rows``, per slate set."""
-    examine = examination(model, data.position)
-    probs = model.predict_arrays(data.sparse, data.dense)
-    new = np.asarray(scored(settings, probs, data.dense, examine).value)
-    served = np.asarray(heuristic.value)
-    weight = np.minimum(1.0 / np.maximum(examine, 1e-9), P.MAX_IPS) if examine is not None else None
-    unranked = np.isin(arm, UNRANKED_ARMS)
+    """A version's NDCG@10 gain over the heuristic (values ``new`` / ``served``, label weights
+    ``weight``) on ``rows``, per slate set."""
     out: dict[str, Any] = {}
     for name, sel in (("ranked", rows & ~unranked), ("popular+random", rows & unranked), ("all", rows)):
-        r = P.paired_ndcg(new[sel], served[sel], data.labels[sel], data.request[sel],
-                          data.position[sel], 10, n_boot, 0, None if weight is None else weight[sel])
+        r = P.paired_ndcg(new[sel], served[sel], data.labels[sel], data.request[sel], data.position[sel],
+                          10, n_boot, 0, None if weight is None else weight[sel])
         out[name] = {"gain": r["gain"], "gain_ci95": r["gain_ci95"], "slates": r["requests_scored"]}
     return out
 
@@ -68,17 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     if not len(data):
         raise SystemExit(f"no training examples under {args.state_dir}")
     reg = ModelRegistry(default_root(settings.state_dir))
-    heuristic = scored(settings, heuristic_predictions(data.dense), data.dense)
+    served = np.asarray(scored(settings, heuristic_predictions(data.dense), data.dense).value)
+    unranked = np.isin(logged.arm, UNRANKED_ARMS)
     rows = []
     for d in reg.decisions(settings.ranker_model):
         if "slice" not in d:  # a round that failed before it trained
             continue
         model = load_ranker(reg.path(settings.ranker_model, d["new_version"]), threads=2)
+        examine = examination(model, data.position)
+        new = np.asarray(scored(settings, model.predict_arrays(data.sparse, data.dense), data.dense,
+                                examine).value)
+        weight = None if examine is None else P.ips_weight(examine)
         lo, hi = d["slice"]["from_ms"], d["slice"]["to_ms"]
         row = {"version": d["new_version"], "action": d["action"], "train_rows": d["training"]["rows"],
-               "slice": gains(settings, data, logged.arm, (data.times >= lo) & (data.times <= hi), model,
-                              heuristic, args.bootstrap),
-               "later": gains(settings, data, logged.arm, data.times > hi, model, heuristic, args.bootstrap)}
+               **{when: gains(data, unranked, rows, new, served, weight, args.bootstrap)
+                  for when, rows in (("slice", (data.times >= lo) & (data.times <= hi)),
+                                     ("later", data.times > hi))}}
         rows.append(row)
         print(f"{row['version']} ({row['action']}, {row['train_rows']} rows)")
         for when in ("slice", "later"):

@@ -202,12 +202,13 @@ def explored_click_rate(test: Any, logged: Any, p_click: Any, epsilon: float, n_
 
 
 MIN_RANKED_REQUESTS = 30  # ranked slates with a positive the gate needs before it uses them alone
-UNRANKED_ARMS = ("popular", "random")  # A/B arms whose slates no ranker orders (online.servicer)
 
 
 def ranked_slates(test: Any, logged: Any) -> tuple[Any, str]:
     """Rows of the slates a ranker ordered (module doc, step 3), when there are enough of
     them with a positive; else every row (None)."""
+    from online.servicer import UNRANKED_ARMS
+
     ranked = ~np.isin(logged.arm, UNRANKED_ARMS)
     positive = np.unique(test.request[ranked & (test.labels.max(axis=1) > 0)])
     arms = ", ".join(sorted(set(logged.arm[ranked].tolist())))
@@ -236,7 +237,8 @@ def served_ranker(current: Any) -> tuple[Any, str]:
 
 def round_once(settings: Settings, epochs: int, min_examples: int,
                policy: PromotionPolicy | None = None, hidden: str = RETRAIN_HIDDEN,
-               refit: bool = True) -> dict[str, Any]:
+               refit: bool | None = None) -> dict[str, Any]:
+    """One round (module doc); ``refit`` None: the ``retrain_refit`` setting."""
     from models import promotion as P
     from models.example_store import ExampleStore
     from models.ranker_runtime import load_ranker
@@ -247,6 +249,7 @@ def round_once(settings: Settings, epochs: int, min_examples: int,
     from recsys.cli.ranker_options import add_ranker_arguments
 
     policy = policy or P.PromotionPolicy()
+    refit = settings.retrain_refit if refit is None else refit
     store = ExampleStore.for_settings(settings)
     synced = store.sync(settings)
     records = store.records()
@@ -385,7 +388,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             out = timed("retrain_two_tower", tower_round, settings)
         else:
             out = timed("retrain", round_once, settings, args.epochs, min_examples, policy, args.hidden,
-                        settings.retrain_refit if args.refit is None else args.refit)
+                        args.refit)
         failed = out["action"] == "error"
         if args.only is None and out["action"] != "skip":
             n += 1
